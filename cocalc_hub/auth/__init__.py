@@ -1,0 +1,1 @@
+"""Who is calling: password hashes, remember_me sessions, API keys, throttling, CSRF."""

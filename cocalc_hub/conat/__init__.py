@@ -1,0 +1,1 @@
+"""Conat: CoCalc's message bus (broker, client, persistence)."""

@@ -1,0 +1,420 @@
+"""Engine.IO v4 over an autobahn WebSocket, carrying Socket.IO v5 on the root namespace.
+
+The server speaks first (the ``open`` packet), pings every ``ping_interval`` seconds and
+closes a connection whose pong does not come back within ``ping_timeout``; a client that
+has not joined the namespace within ``connect_timeout`` is closed too. Anything
+malformed (unknown packet type, bad JSON, a binary frame nobody announced, a text frame
+while attachments are due, a client ping) closes the connection with 1002: a protocol
+error costs the offender its connection, never the server its state.
+
+permessage-deflate is declined: Node clients and browsers offer it, and accepting it
+makes a broker spend most of its CPU in zlib for no gain on loopback or LAN links
+(upstream accepts it with a 1 GiB threshold and still pays for it). Declining is part
+of RFC 7692; clients then send plain frames.
+
+Small data frames take the fast path of :mod:`.frames`; autobahn does the handshake,
+control frames, fragments, large frames and every protocol decision.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from cocalc_hub.conat.transport import packets
+from cocalc_hub.conat.transport.frames import FastFrames, frame, header
+from cocalc_hub.conat.transport.packets import ProtocolError
+from cocalc_hub.conat.transport.socket import Ack, Handler, Handshake, ServerSocket
+
+log = Logger()
+
+MAX_PAYLOAD = 8_000_000
+STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def new_sid() -> str:
+    """20 URL-safe characters, like engine.io's ids."""
+    return secrets.token_urlsafe(15)
+
+
+class EngineOptions:
+    """Timing and size settings (seconds and bytes); tests shorten the timers."""
+
+    def __init__(self, *, ping_interval: float = 25.0, ping_timeout: float = 20.0,
+                 connect_timeout: float = 45.0, max_payload: int = MAX_PAYLOAD,
+                 max_backlog: int = 64 * 1024 * 1024) -> None:
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.connect_timeout = connect_timeout
+        self.max_payload = max_payload
+        self.max_backlog = max_backlog
+        """Bytes a connection may have queued, beyond what the kernel takes, before it is
+        dropped as a slow consumer."""
+
+
+@implementer(IPushProducer)
+class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
+    """One Engine.IO connection (WebSocket transport only) and its root-namespace socket."""
+
+    factory: EngineFactory
+    handshake: Handshake = Handshake()
+    socket: ServerSocket | None = None
+    _pending: packets.Packet | None = None
+    _timer: IDelayedCall | None = None
+    _connect_timer: IDelayedCall | None = None
+    _awaiting_pong = False
+    _paused = False
+    _backlog = 0
+    _closing_reason = "transport close"
+    opened = False
+
+    # handshake --------------------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        return None  # accept; no subprotocol, no extra headers
+
+    def onOpen(self) -> None:
+        # autobahn tries to set TCP_NODELAY before its options are copied and fails silently.
+        setter = getattr(self.transport, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:  # e.g. UNIX sockets
+                pass
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            try:
+                register(self, True)
+            except RuntimeError:
+                log.debug("conat: transport already has a producer; slow consumers are not detected")
+        self.opened = True
+        self.sid = new_sid()
+        opts = self.factory.options
+        opened = {"sid": self.sid, "upgrades": [], "pingInterval": round(opts.ping_interval * 1000),
+                  "pingTimeout": round(opts.ping_timeout * 1000), "maxPayload": opts.max_payload}
+        self._write(frame(0x1, ("0" + packets.dumps(opened)).encode()))
+        clock = self.factory.clock
+        self._timer = clock.callLater(opts.ping_interval, self._ping)
+        self._connect_timer = clock.callLater(opts.connect_timeout, self._no_connect)
+        self.factory.opened(self)
+
+    # heartbeat ----------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        self._timer = None
+        if self.state != STATE_OPEN:
+            return
+        self._awaiting_pong = True
+        self._write(b"\x81\x012")
+        self._timer = self.factory.clock.callLater(self.factory.options.ping_timeout, self._ping_timeout)
+
+    def _pong(self) -> None:
+        if not self._awaiting_pong:
+            return
+        self._awaiting_pong = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.clock.callLater(self.factory.options.ping_interval, self._ping)
+
+    def _ping_timeout(self) -> None:
+        self._timer = None
+        self._close("ping timeout", abort=True)
+
+    def _no_connect(self) -> None:
+        self._connect_timer = None
+        if self.socket is None:
+            self._close("connect timeout")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._connect_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._connect_timer = None
+
+    # input ------------------------------------------------------------------------------
+
+    def onMessageEnd(self) -> None:
+        # Same as autobahn's, minus the per-message observer signal nobody listens to.
+        if not self.failedByMe:
+            data = self.message_data
+            self.onMessage(data[0] if len(data) == 1 else b"".join(data), self.message_is_binary)
+        self.message_data = None  # type: ignore[assignment]
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._binary(payload)
+        else:
+            self._text(payload.decode("utf-8"))  # autobahn has validated it
+
+    def _binary(self, payload: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._protocol_error("binary frame without a packet announcing it")
+            return
+        pending.attachments.append(payload)
+        if len(pending.attachments) == pending.expected:
+            self._pending = None
+            try:
+                self._dispatch(packets.finish_binary(pending))
+            except ProtocolError as e:
+                self._protocol_error(str(e))
+
+    def _text(self, text: str) -> None:
+        try:
+            if self._pending is not None:
+                raise ProtocolError("text frame while binary attachments are due")
+            kind = text[:1]
+            if kind == "4":
+                packet = packets.decode(text[1:])
+                if packet.expected:
+                    self._pending = packet
+                elif packet.type >= packets.BINARY_EVENT:
+                    self._dispatch(packets.finish_binary(packet))
+                else:
+                    self._dispatch(packet)
+            elif kind == "3":
+                self._pong()
+            elif kind == "6":
+                pass
+            elif kind == "1":
+                self._close("transport close")
+            elif kind == "2":
+                raise ProtocolError("invalid heartbeat direction")
+            else:
+                raise ProtocolError("unknown engine.io packet type")
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+
+    def _dispatch(self, packet: packets.Packet) -> None:
+        t = packet.type
+        if packet.nsp != "/":
+            if t == packets.CONNECT:
+                self.send_packet(f'44{packet.nsp},{{"message":"Invalid namespace"}}', [])
+            return
+        socket = self.socket
+        if t == packets.EVENT:
+            if socket is None:
+                return
+            data = packet.data
+            name = data[0]
+            if not isinstance(name, str):
+                return
+            ack = Ack(socket, packet.id) if packet.id is not None else None
+            try:
+                self.factory.handler.socket_event(socket, name, data[1:], ack)
+            except Exception:
+                log.failure("conat: event handler failed")
+        elif t == packets.ACK:
+            if socket is not None:
+                socket.got_ack(packet.id, packet.data)
+        elif t == packets.CONNECT:
+            if socket is not None:
+                return
+            socket = self.socket = ServerSocket(new_sid(), self, self.handshake)
+            if self._connect_timer is not None and self._connect_timer.active():
+                self._connect_timer.cancel()
+            self._connect_timer = None
+            self.send_packet(f'40{{"sid":"{socket.sid}"}}', [])
+            try:
+                self.factory.handler.socket_connected(socket)
+            except Exception:
+                log.failure("conat: connect handler failed")
+        elif t == packets.DISCONNECT:
+            if socket is not None:
+                self._socket_gone("client namespace disconnect")
+        else:  # CONNECT_ERROR is server to client only
+            raise ProtocolError("unexpected packet type from a client")
+
+    def _socket_gone(self, reason: str) -> None:
+        socket, self.socket = self.socket, None
+        if socket is None:
+            return
+        socket.closed()
+        try:
+            self.factory.handler.socket_disconnected(socket, reason)
+        except Exception:
+            log.failure("conat: disconnect handler failed")
+
+    def _protocol_error(self, reason: str) -> None:
+        log.debug("conat: closing {peer}: {reason}", peer=self.handshake.client_ip, reason=reason)
+        self.factory.protocol_errors += 1
+        self._closing_reason = "parse error"
+        if self.state == STATE_OPEN:
+            self.sendCloseFrame(code=WebSocketProtocol.CLOSE_STATUS_CODE_PROTOCOL_ERROR,
+                                reasonUtf8=reason.encode()[:120])
+        self._socket_gone("parse error")
+
+    # output (Sender) ---------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._paused:
+            self._backlog += len(data)
+            if self._backlog > self.factory.options.max_backlog:
+                log.warn("conat: dropping {peer}, a slow consumer with {n} bytes queued",
+                         peer=self.handshake.client_ip, n=self._backlog)
+                self.factory.slow_consumers += 1
+                self._close("slow consumer", abort=True)
+                return
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def send_packet(self, text: str, binaries: list[bytes]) -> None:
+        if self.state != STATE_OPEN:
+            return
+        data = text.encode("utf-8")
+        if binaries:
+            out = [header(0x1, len(data)), data]
+            for b in binaries:
+                out.append(header(0x2, len(b)))
+                out.append(b)
+            self._write(b"".join(out))
+        else:
+            self._write(header(0x1, len(data)) + data)
+
+    def send_raw(self, text: str, binary: bytes) -> None:
+        if self.state != STATE_OPEN:
+            return
+        data = text.encode("utf-8")
+        self._write(b"".join((header(0x1, len(data)), data, header(0x2, len(binary)), binary)))
+
+    def disconnect_socket(self, socket: ServerSocket) -> None:
+        if socket is self.socket:
+            self.send_packet("41", [])
+            self._socket_gone("server namespace disconnect")
+            self._close("server namespace disconnect")
+
+    def close(self) -> None:
+        self._close("server shutting down")
+
+    def _close(self, reason: str, abort: bool = False) -> None:
+        self._closing_reason = reason
+        self._socket_gone(reason)
+        if abort:
+            self.dropConnection(abort=True)
+        elif self.state == STATE_OPEN:
+            self.sendCloseFrame(code=1000, isReply=False)
+        elif self.state != WebSocketProtocol.STATE_CLOSED:
+            self.dropConnection(abort=False)
+
+    def pause_input(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resume_input(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # IPushProducer: the transport tells us when its write buffer is full
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = False
+
+    # teardown ------------------------------------------------------------------------------
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_timers()
+        self._pending = None
+        self._socket_gone(self._closing_reason)
+        if self.opened:
+            self.opened = False
+            self.factory.closed(self)
+
+
+class EngineFactory(WebSocketServerFactory):
+    """Builds :class:`EngineProtocol` connections for one handler."""
+
+    protocol = EngineProtocol  # type: ignore[assignment]
+
+    def __init__(self, handler: Handler, clock: Any, options: EngineOptions | None = None) -> None:
+        super().__init__()
+        self.handler = handler
+        self.clock = clock
+        self.options = options or EngineOptions()
+        self.connections: set[EngineProtocol] = set()
+        self.protocol_errors = 0
+        self.slow_consumers = 0
+        self._pending_handshake: Handshake | None = None
+        self.setProtocolOptions(
+            maxFramePayloadSize=self.options.max_payload,
+            maxMessagePayloadSize=self.options.max_payload,
+            autoPingInterval=0,
+            perMessageCompressionAccept=lambda offers: None,
+            openHandshakeTimeout=0,  # the front door times out slow request heads
+            closeHandshakeTimeout=0,  # timed by FastFrames
+            tcpNoDelay=True,
+            failByDrop=False,
+        )
+        self.noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto: EngineProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
+        if self._pending_handshake is not None:
+            proto.handshake = self._pending_handshake
+        return proto
+
+    def opened(self, proto: EngineProtocol) -> None:
+        self.connections.add(proto)
+
+    def closed(self, proto: EngineProtocol) -> None:
+        self.connections.discard(proto)
+
+    def close_all(self) -> None:
+        for proto in list(self.connections):
+            proto.close()
+
+
+class EngineResource(WebSocketResource):
+    """The HTTP side: checks the Engine.IO query, then hands the connection to autobahn.
+
+    Plain requests and wrong versions get upstream's JSON errors (HTTP 400)."""
+
+    isLeaf = True
+
+    def __init__(self, factory: EngineFactory, handshake: Callable[[IRequest], Handshake]) -> None:
+        super().__init__(factory)
+        self.engine = factory
+        self.make_handshake = handshake
+
+    def render(self, request: IRequest) -> Any:
+        query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
+        transport = query.get("transport", [""])[0]
+        if query.get("EIO", [""])[0] != "4":
+            return self._error(request, 5, "Unsupported protocol version")
+        if transport != "websocket":
+            return self._error(request, 0, "Transport unknown")
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if upgrade != b"websocket" or request.method != b"GET":
+            return self._error(request, 3, "Bad request")
+        channel_transport = request.channel.transport  # type: ignore[attr-defined]
+        if channel_transport is not None and hasattr(channel_transport, "unregisterProducer"):
+            # The HTTP channel stops being the transport's producer: the WebSocket takes over.
+            try:
+                channel_transport.unregisterProducer()
+            except Exception:
+                pass
+        self.engine._pending_handshake = self.make_handshake(request)
+        try:
+            return super().render(request)
+        finally:
+            self.engine._pending_handshake = None
+
+    @staticmethod
+    def _error(request: IRequest, code: int, message: str) -> bytes:
+        request.setResponseCode(400)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return packets.dumps({"code": code, "message": message}).encode()

@@ -1,0 +1,142 @@
+"""The Socket.IO side of a connection: sockets, events, acknowledgements, handlers.
+
+A :class:`Handler` (the conat broker is one) sees connections as :class:`ServerSocket`
+objects: it is told when a client joins the root namespace, receives every event with
+its arguments (binary attachments already put back in place) and an optional
+:class:`Ack`, and is told when the socket goes away, whatever the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from cocalc_hub.conat.transport import packets
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What the WebSocket upgrade request said, as far as handlers care."""
+
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[bytes, bytes] = field(default_factory=dict)
+    """Lower-case names; repeated headers joined with ``, ``."""
+    client_ip: str = ""
+    secure: bool = False
+    path: str = "/"
+
+
+class Sender(Protocol):
+    """What a socket writes to: the Engine.IO connection underneath."""
+
+    def send_packet(self, text: str, binaries: list[bytes]) -> None: ...
+    def send_raw(self, text: str, binary: bytes) -> None: ...
+    def disconnect_socket(self, socket: ServerSocket) -> None: ...
+    def close(self) -> None: ...
+    def pause_input(self) -> None: ...
+    def resume_input(self) -> None: ...
+
+
+class Handler(Protocol):
+    def socket_connected(self, socket: ServerSocket) -> None: ...
+    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None: ...
+    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None: ...
+
+
+class Ack:
+    """The acknowledgement a client asked for; only the first call is sent."""
+
+    __slots__ = ("socket", "id", "sent")
+
+    def __init__(self, socket: ServerSocket, ack_id: int) -> None:
+        self.socket = socket
+        self.id = ack_id
+        self.sent = False
+
+    def __call__(self, *args: Any) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        socket = self.socket
+        if socket.connected:
+            text, *binaries = packets.encode(packets.ACK, list(args), ack_id=self.id)
+            socket.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
+
+    def raw(self, json_text: str) -> None:
+        """Send an already encoded (JSON array) ack payload without attachments."""
+        if self.sent:
+            return
+        self.sent = True
+        socket = self.socket
+        if socket.connected:
+            socket.sender.send_packet(f"43{self.id}{json_text}", [])
+
+
+class ServerSocket:
+    """One client on the root namespace."""
+
+    __slots__ = ("sid", "sender", "handshake", "connected", "_next_ack", "_acks", "state", "__weakref__")
+
+    def __init__(self, sid: str, sender: Sender, handshake: Handshake) -> None:
+        self.sid = sid
+        self.sender = sender
+        self.handshake = handshake
+        self.connected = True
+        self._next_ack = 0
+        self._acks: dict[int, Callable[[list[Any]], None]] = {}
+        self.state: Any = None
+        """Free for the handler (the broker keeps its connection record here)."""
+
+    def emit(self, event: str, *args: Any, callback: Callable[[list[Any]], None] | None = None) -> None:
+        """Send an event; ``callback`` receives the client's ack arguments, if it answers."""
+        if not self.connected:
+            return
+        ack_id = None
+        if callback is not None:
+            ack_id = self._next_ack
+            self._next_ack += 1
+            self._acks[ack_id] = callback
+        text, *binaries = packets.encode(packets.EVENT, [event, *args], ack_id=ack_id)
+        self.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
+
+    def emit_raw(self, text: str, binary: bytes) -> None:
+        """Send a pre-encoded binary event (``451-[...]``) and its one attachment: the hot path."""
+        if self.connected:
+            self.sender.send_raw(text, binary)
+
+    def forget_ack(self, ack_id: int) -> None:
+        self._acks.pop(ack_id, None)
+
+    @property
+    def next_ack_id(self) -> int:
+        return self._next_ack
+
+    def got_ack(self, ack_id: int | None, args: list[Any]) -> None:
+        if ack_id is None:
+            return
+        callback = self._acks.pop(ack_id, None)
+        if callback is not None:
+            try:
+                callback(args)
+            except Exception:
+                log.failure("ack callback failed")
+
+    def disconnect(self) -> None:
+        """Server-side disconnect: ``41``, then the connection is closed."""
+        if self.connected:
+            self.sender.disconnect_socket(self)
+
+    def closed(self) -> None:
+        self.connected = False
+        self._acks.clear()
+
+    def pause_input(self) -> None:
+        self.sender.pause_input()
+
+    def resume_input(self) -> None:
+        self.sender.resume_input()

@@ -1,0 +1,134 @@
+"""The project program: set up the process, serve raw files and exec, tell the hub it is ready."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import endpoints, task
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.web.server import Site
+
+from cocalc_hub.project import process
+from cocalc_hub.project.jobs import Jobs
+from cocalc_hub.project.raw import ProjectRoot
+
+log = Logger()
+
+REQUIRED = ("COCALC_PROJECT_ID", "HOME", "COCALC_PROJECT_SECRET")
+
+
+class ProjectSite(Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:  # the hub logs proxied requests; keep project logs quiet
+        pass
+
+
+def child_environment(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """What commands run with: the project's environment minus the secret itself."""
+    out = {k: v for k, v in env.items() if k not in ("COCALC_PROJECT_SECRET", "COCALC_READY_FD",
+                                                     "COCALC_PROJECT_LIMITS", "COCALC_PROJECT_UID",
+                                                     "COCALC_PROJECT_GID")}
+    out["COCALC_SECRET_TOKEN"] = str(home / ".smc" / "secret-token")
+    return out
+
+
+def write_secret(home: Path, token: str) -> None:
+    smc = home / ".smc"
+    smc.mkdir(mode=0o700, exist_ok=True)
+    path = smc / "secret-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+
+
+def announce(fd: int | None, message: dict[str, Any]) -> None:
+    """One line on the ready pipe; the hub waits for it instead of polling files."""
+    line = ("READY " + json.dumps(message, separators=(",", ":")) + "\n").encode()
+    if fd is None:
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        return
+    os.write(fd, line)
+    os.close(fd)
+
+
+def run(env: Mapping[str, str]) -> int:
+    missing = [name for name in REQUIRED if not env.get(name)]
+    if missing:
+        print(f"cocalc-project: missing environment: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        process.prepare(env)
+    except (process.SetupError, OSError, ValueError) as e:
+        print(f"cocalc-project: cannot set up the process: {e}", file=sys.stderr)
+        return 3
+    project_id = env["COCALC_PROJECT_ID"]
+    home = Path(env["HOME"])
+    token = env["COCALC_PROJECT_SECRET"]
+    ready_fd = int(env["COCALC_READY_FD"]) if env.get("COCALC_READY_FD") else None
+    try:
+        os.chdir(home)
+        write_secret(home, token)
+    except OSError as e:
+        print(f"cocalc-project: cannot use HOME {home}: {e}", file=sys.stderr)
+        return 4
+
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    jobs = Jobs(reactor, home, child_environment(env, home))
+    root = ProjectRoot(home=home, project_id=project_id, base_path=env.get("BASE_PATH", "/"), token=token,
+                       jobs=jobs)
+    site = ProjectSite(root)
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+
+    def listening(port: Any) -> None:
+        number = port.getHost().port
+        log.info("project {project_id} serving on 127.0.0.1:{port}", project_id=project_id, port=number)
+        announce(ready_fd, {"http_port": number, "pid": os.getpid()})
+
+    def failed(f: Any) -> None:
+        log.failure("cannot listen", f)
+        reactor.stop()
+
+    endpoint.listen(site).addCallbacks(listening, failed)
+    # Shut down on SIGTERM (Twisted's handler stops the reactor), killing the jobs first.
+    reactor.addSystemEventTrigger("before", "shutdown", jobs.stop_all)
+    reaper = task.LoopingCall(reap_orphans, reactor)
+    reaper.start(5.0, now=False)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    reactor.run()
+    return 0
+
+
+def reap_orphans(reactor: Any) -> None:
+    """As a subreaper we inherit orphaned descendants; reap the ones Twisted did not spawn."""
+    known = set(getattr(reactor, "_reapProcessHandlers", {}) or ())
+    from twisted.internet import process as twisted_process
+
+    known |= set(twisted_process.reapProcessHandlers)
+    try:
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    me = os.getpid()
+    for pid in children:
+        if pid in known:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass

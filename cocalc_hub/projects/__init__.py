@@ -1,0 +1,1 @@
+"""Projects: operations with their permission checks, and the local project manager."""

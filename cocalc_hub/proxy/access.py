@@ -1,0 +1,177 @@
+"""The one authorization function for proxied HTTP requests and WebSocket upgrades.
+
+Allowed: the project's owner and collaborators (remember_me session, ``api_key`` cookie,
+or Bearer/Basic API key of theirs), a key scoped to this very project, and admins.
+Everyone else gets 401 (no or bad credentials) or 403 (signed in, not a member), and
+the backend sees nothing. Decisions are cached for half a second and dropped at once
+when this process changes a project's members or signs a session out.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+
+from cocalc_hub.auth.caller import HTTP, Authenticator, Caller
+from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header
+from cocalc_hub.db.store import MEMBER_GROUPS, Store
+from cocalc_hub.proxy.headers import strip_cookies
+
+DECISION_TTL = 0.5
+PORTS_TTL = 1.0
+PORTS_STALE = 10.0
+"""A port seen listening recently is still believed while a fresh reading is taken."""
+MAX_ENTRIES = 20000
+
+
+T = TypeVar("T")
+
+
+def _follow(source: defer.Deferred[T]) -> defer.Deferred[T]:
+    """A new Deferred with ``source``'s result, leaving ``source`` usable by others."""
+    waiter: defer.Deferred[T] = defer.Deferred()
+
+    def ok(value: T) -> T:
+        waiter.callback(value)
+        return value
+
+    def bad(failure: Any) -> None:
+        waiter.errback(failure)
+
+    source.addCallbacks(ok, bad)
+    return waiter
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: int
+    """0 when allowed, else the HTTP status to answer."""
+    message: str
+    caller: Caller
+    cookie: bytes | None
+    """The request's Cookie header with the hub's cookies removed (None: send none)."""
+
+
+class ProxyAccess:
+    def __init__(self, auth: Authenticator, store: Store, names: CookieNames, clock: Any, *,
+                 ttl: float = DECISION_TTL) -> None:
+        self.auth = auth
+        self.store = store
+        self.names = names
+        self.clock = clock
+        self.ttl = ttl
+        self._decisions: OrderedDict[tuple[bytes | None, bytes | None, str], tuple[float, Decision]] = OrderedDict()
+        self._pending: dict[tuple[bytes | None, bytes | None, str], defer.Deferred[Decision]] = {}
+        self._ports: dict[str, tuple[float, set[int]]] = {}
+        self._reading: dict[str, defer.Deferred[set[int]]] = {}
+
+    def cached(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision | None:
+        """The decision if it is fresh (the proxy's fast path never awaits)."""
+        hit = self._decisions.get((cookie, authorization, project_id))
+        if hit is not None and hit[0] > self.clock.seconds():
+            return hit[1]
+        return None
+
+    async def authorize(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision:
+        hit = self.cached(cookie, authorization, project_id)
+        if hit is not None:
+            return hit
+        key = (cookie, authorization, project_id)
+        pending = self._pending.get(key)
+        if pending is None:
+            # Concurrent requests with the same credentials share one decision.
+            pending = defer.ensureDeferred(self._decide_and_cache(key))
+            self._pending[key] = pending
+            pending.addBoth(self._settled, key)
+        return await _follow(pending)
+
+    def _settled(self, result: Any, key: tuple[bytes | None, bytes | None, str]) -> Any:
+        self._pending.pop(key, None)
+        return result
+
+    async def _decide_and_cache(self, key: tuple[bytes | None, bytes | None, str]) -> Decision:
+        decision = await self._decide(*key)
+        self._decisions[key] = (self.clock.seconds() + self.ttl, decision)
+        self._decisions.move_to_end(key)
+        while len(self._decisions) > MAX_ENTRIES:
+            self._decisions.popitem(last=False)
+        return decision
+
+    async def _decide(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision:
+        caller = await self.auth.identify(parse_cookie_header(cookie), authorization, HTTP)
+        stripped = strip_cookies(cookie, self.names.is_reserved) if cookie else b""
+        cookie_out = stripped or None
+        if caller.error is not None:
+            return Decision(401, "Your sign-in is not valid any more; please sign in again.", caller, cookie_out)
+        if not caller.signed_in:
+            return Decision(401, "Please sign in to use this project's servers.", caller, cookie_out)
+        if caller.kind == "project":
+            ok = caller.project_id == project_id
+            return Decision(0 if ok else 403, "" if ok else "This key is for another project.", caller, cookie_out)
+        if caller.is_hub:
+            return Decision(0, "", caller, cookie_out)
+        assert caller.account_id is not None
+        exists, group = await self.store.project_group(project_id, caller.account_id)
+        if exists and (group in MEMBER_GROUPS or caller.is_admin):
+            return Decision(0, "", caller, cookie_out)
+        if not exists and caller.is_admin:
+            return Decision(404, "There is no such project.", caller, cookie_out)
+        # Non-members get the same answer whether or not the project exists.
+        return Decision(403, "Only the owner and collaborators of this project may use its servers.", caller,
+                        cookie_out)
+
+    def forget_project(self, project_id: str) -> None:
+        for key in [k for k in self._decisions if k[2] == project_id]:
+            del self._decisions[key]
+        self._ports.pop(project_id, None)
+
+    def forget_all(self) -> None:
+        self._decisions.clear()
+
+    # port ownership -----------------------------------------------------------------------
+
+    def ports_cached(self, project_id: str, port: int, read: Callable[[], defer.Deferred[set[int]]]) -> bool | None:
+        """True/False without waiting when the answer is known, None if it must be read.
+
+        A port seen listening less than PORTS_STALE ago counts while a fresh reading is
+        taken in the background (the proxy's hot path never waits for the process table).
+        """
+        hit = self._ports.get(project_id)
+        if hit is None:
+            return None
+        taken, ports = hit
+        age = self.clock.seconds() - taken
+        if age < PORTS_TTL:
+            return port in ports
+        if port in ports and age < PORTS_STALE:
+            self.read_ports(project_id, read)
+            return True
+        return None
+
+    def port_fresh(self, project_id: str, port: int) -> bool:
+        """True only if a reading younger than PORTS_TTL saw the port listening."""
+        hit = self._ports.get(project_id)
+        return hit is not None and self.clock.seconds() - hit[0] < PORTS_TTL and port in hit[1]
+
+    def read_ports(self, project_id: str, read: Callable[[], defer.Deferred[set[int]]]) -> defer.Deferred[set[int]]:
+        """A fresh reading (one at a time per project); callers get their own Deferred."""
+        reading = self._reading.get(project_id)
+        if reading is None:
+            reading = read()
+            self._reading[project_id] = reading
+
+            def store(ports: set[int]) -> set[int]:
+                self._reading.pop(project_id, None)
+                self._ports[project_id] = (self.clock.seconds(), ports)
+                return ports
+
+            def failed(f: Any) -> Any:
+                self._reading.pop(project_id, None)
+                return f
+
+            reading.addCallbacks(store, failed)
+        return _follow(reading)

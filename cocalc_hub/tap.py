@@ -1,0 +1,397 @@
+"""``twistd cocalc-hub``: command-line options and the composition of the hub's services.
+
+``makeService`` turns the options into one validated :class:`Settings` and builds a
+:class:`HubService` whose children are the parts the mode flags select.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.python import usage
+from twisted.python.components import Componentized
+
+from cocalc_hub import __version__, logs
+from cocalc_hub.auth.service import AuthParts, AuthService, build_auth
+from cocalc_hub.conat.broker import BrokerConfig
+from cocalc_hub.conat.client import Client, connect
+from cocalc_hub.conat.local import LocalTransport
+from cocalc_hub.conat.server import ConatServer, ConatService
+from cocalc_hub.db import StoreService, prepare_store
+from cocalc_hub.projects.client import ProjectClient, ProjectClientService
+from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
+from cocalc_hub.projects.operations import Projects
+from cocalc_hub.proxy.access import ProxyAccess
+from cocalc_hub.proxy.conat_forward import ConatForwardResource
+from cocalc_hub.proxy.core import Proxy, ProxyService
+from cocalc_hub.proxy.frontdoor import FrontDoorFactory
+from cocalc_hub.settings import Settings, SettingsError, from_options, package_static_dir
+from cocalc_hub.web.api import ApiResource, ApiServices
+from cocalc_hub.web.api import accounts as _accounts_api  # noqa: F401  (registers endpoints)
+from cocalc_hub.web.api import admin as _admin_api  # noqa: F401
+from cocalc_hub.web.api import projects as _projects_api  # noqa: F401
+from cocalc_hub.web.errors import ErrorResource
+from cocalc_hub.web.files import GzipCache
+from cocalc_hub.web.health import AliveResource, Health, HealthcheckResource, Status
+from cocalc_hub.web.metrics import HubMetrics, MetricsResource
+from cocalc_hub.web.site import HubSite, ListenError, Router, WebService
+from cocalc_hub.web.static import RobotsResource, StaticResource, TemplatePage
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Options of ``twistd cocalc-hub``; upstream's names where upstream has them."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the CoCalc hub. Without a mode flag every part runs in this process (--all). "
+        "Environment: PORT, BASE_PATH, DATA, SECRETS, PROJECTS, COCALC_MODE, COCALC_HUB_HOSTNAME."
+    )
+
+    optParameters = [
+        ["port", None, None, "Port number or Twisted endpoint (tcp:5000:interface=127.0.0.1, ssl:..., "
+                             "unix:/run/cocalc-hub.sock, systemd:domain=INET:index=0). Default: $PORT or 5000."],
+        ["hostname", None, None, "Interface for a bare port number. Default: $COCALC_HUB_HOSTNAME or 127.0.0.1."],
+        ["https-key", None, None, "TLS private key (PEM); with --https-cert the listener speaks HTTPS."],
+        ["https-cert", None, None, "TLS certificate chain (PEM)."],
+        ["data", None, None, "Data directory (database, secrets, projects). Default: $DATA or "
+                             "~/.local/share/cocalc-hub."],
+        ["static", None, None, "Serve BASE_PATH/static/ from this directory instead of the built-in assets."],
+        ["mode", None, None, "Project mode: single-user or multi-user. Default: $COCALC_MODE or single-user."],
+        ["log-format", None, "text", "Log format: text or json (JSON lines)."],
+        ["log-level", None, "info", "Lowest level logged: debug, info, warn, error."],
+        ["shutdown-grace", None, None, "Seconds busy connections get to finish on shutdown (default 10)."],
+        ["database", None, None, "sqlite (default: DATA/hub.db), sqlite:PATH, or postgresql://user@host/db. "
+                                 "PGHOST/PGDATABASE in the environment select PostgreSQL too."],
+        ["database-wait", None, None, "Seconds to retry an unreachable database at start-up (default 30)."],
+        ["project-start-timeout", None, None, "Seconds a project gets to report ready (default 30)."],
+        ["project-stop-grace", None, None, "Seconds between SIGTERM and SIGKILL when stopping (default 5)."],
+        ["idle-timeout", None, None, "Default seconds without activity before a project is stopped "
+                                     "(default 1800; 0 = never; per-project setting idle_timeout wins)."],
+        ["idle-check-interval", None, None, "Seconds between idle checks (default 60; 0 = off)."],
+        ["min-run-time", None, None, "Idle stop never stops a project younger than this (default 600)."],
+        ["project-memory", None, None, "Address-space limit per project process, in MB (rlimit)."],
+        ["project-processes", None, None, "Process limit per project uid (multi-user mode; rlimit)."],
+        ["project-cpu", None, None, "CPU seconds per project process (rlimit)."],
+        ["proxy-timeout", None, None, "Seconds a project's server may stay silent before the proxy answers 504 "
+                                      "(default 120; 0 = never)."],
+        ["conat-max-connections", None, None, "Conat connections this broker accepts (default 10000)."],
+        ["conat-max-connections-per-user", None, None, "Conat connections per account, project or hub "
+                                                       "(default 100)."],
+    ]
+    optFlags = [
+        ["all", None, "Run every part (the default when no part is selected)."],
+        ["conat-server", None, "Run the conat broker (WebSocket at BASE_PATH/conat/)."],
+        ["conat-api", None, "Run the hub API over conat."],
+        ["conat-persist", None, "Run a conat persist server."],
+        ["proxy-server", None, "Run the HTTP server: web pages, JSON API and the project proxy."],
+        ["trust-proxy", None, "Believe X-Forwarded-For/-Proto from the peer (only behind your own proxy)."],
+        ["multi-user", None, "Same as --mode=multi-user."],
+        ["stop-projects-on-exit", None, "Stop running projects when the hub stops (default: they keep running "
+                                        "and the next hub adopts them)."],
+        ["no-adopt-projects", None, "At start, stop projects left running by a previous hub instead of adopting."],
+        ["version", None, "Print the version and exit."],
+    ]
+
+    def opt_version(self) -> None:
+        print(f"cocalc-hub {__version__}")
+        sys.exit(0)
+
+
+class HubService(service.MultiService):
+    """The whole hub; when attached to a twistd Application it also provides the log observer."""
+
+    def __init__(self, settings: Settings, reactor: Any, observer: ILogObserver | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.observer = observer
+        self.web: WebService | None = None
+        self.web_parts: WebParts | None = None
+        self.store: Any = None
+        self.auth: AuthParts | None = None
+        self.projects: Projects | None = None
+        self.proxy: Proxy | None = None
+        self.conat: ConatServer | None = None
+
+    async def database_status(self) -> Status:
+        try:
+            await self.store.ping()
+        except Exception as e:
+            return Status(False, f"{self.settings.database_kind}: {' '.join(str(e).split())[:200]}")
+        return Status(True, self.settings.database_kind)
+
+    def conat_client(self) -> Client:
+        """A conat client for this process's own services: in-process when the broker runs
+        here, otherwise over a socket to CONAT_SERVER with the hub password."""
+        if self.conat is not None:
+            return Client(self.reactor, LocalTransport(self.conat.broker))
+        if not self.settings.conat_server:
+            raise RuntimeError("this hub process does not run conat and CONAT_SERVER is not set")
+        from cocalc_hub.auth.cookies import CookieNames
+        from cocalc_hub.auth.secrets import read_or_create
+
+        names = CookieNames.for_base_path(self.settings.base_path)
+        password = read_or_create(self.settings.secrets_dir, "conat-password")
+        return connect(self.reactor, self.settings.conat_server, cookies={names.hub_password: password})
+
+    def setServiceParent(self, parent: Any) -> Any:
+        if self.observer is not None and isinstance(parent, Componentized):
+            # twistd's AppLogger uses the application's ILogObserver component if there is one.
+            parent.setComponent(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
+
+    def listen(self) -> None:
+        """Open the HTTP listener (idempotent); failure ends the process with one line."""
+        if self.web is None or self.web.port is not None:
+            return
+        try:
+            self.web.listen()
+        except ListenError as e:
+            raise SystemExit(f"cocalc-hub: --port: {e}") from None
+        port = getattr(self.web, "port", None)
+        if self.conat is not None and port is not None:
+            self.conat.broker.config.address = public_url(self.settings, port).rstrip("/")
+
+    def privilegedStartService(self) -> None:
+        self.listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.listen()
+        super().startService()
+        # Announced once the reactor runs, i.e. once SIGTERM is handled gracefully.
+        self.reactor.callWhenRunning(
+            log.info, "cocalc-hub {version} running: {parts}", version=__version__,
+            parts=" ".join(sorted(self.settings.parts)))
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the children one at a time, newest first: the listener drains before the
+        services it uses stop, and databases (added first) are flushed last."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        log.info("cocalc-hub stopping")
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("error while stopping {name}", name=child.name)
+        log.info("cocalc-hub stopped")
+
+
+class WebParts:
+    """What the HTTP side is made of; later parts mount themselves on ``router``."""
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.metrics = HubMetrics()
+        self.health = Health(reactor)
+        self.router = Router(settings.base_path)
+        self.gzip_cache = GzipCache()
+        self.site = HubSite(self.router, self.metrics, reactor, trust_proxy=settings.trust_proxy)
+
+
+def public_url(settings: Settings, port: IListeningPort) -> str:
+    """The URL a browser on this machine would use, for the startup log line."""
+    addr = port.getHost()
+    number = getattr(addr, "port", None)
+    if number is None:
+        return settings.path("/")
+    host = getattr(addr, "host", settings.hostname)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.https else "http"
+    return f"{scheme}://{host}:{number}{settings.path('/')}"
+
+
+def build_web(settings: Settings, reactor: Any) -> WebParts:
+    """The HTTP site with the routes every hub serves (health, metrics, static, index)."""
+    web = WebParts(settings, reactor)
+    web.site.access_level = _LEVELS[settings.log_level]
+    r = web.router
+    r.add_root(b"/alive", AliveResource(web.health), "health")
+    r.add_root(b"/healthcheck", HealthcheckResource(web.health), "health")
+    metrics = MetricsResource(web.metrics)
+    r.add_root(b"/metrics", metrics, "metrics")
+    r.mount("metrics", metrics, "metrics")
+    robots = RobotsResource(settings.base_path)
+    r.add_root(b"/robots.txt", robots, "robots")
+    r.mount("robots.txt", robots, "robots")
+    r.mount("static", StaticResource(settings.static_dir, web.gzip_cache), "static")
+    index = settings.static_dir / "index.html"
+    if not index.is_file():
+        index = package_static_dir() / "index.html"
+    r.set_index(TemplatePage(index, settings.base_path, web.gzip_cache))
+    return web
+
+
+def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService) -> ProjectManager:
+    """The project manager; it learns the hub's own URL once the listener is up."""
+
+    def hub_url() -> str:
+        if hub.web is None or hub.web.port is None:
+            return ""
+        port = getattr(hub.web.port.getHost(), "port", None)
+        return f"http://127.0.0.1:{port}{'' if settings.base_path == '/' else settings.base_path}" if port else ""
+
+    config = ManagerConfig(
+        projects=settings.projects, multi_user=settings.project_mode == "multi-user",
+        start_timeout=settings.project_start_timeout, stop_grace=settings.project_stop_grace,
+        idle_interval=settings.idle_check_interval, idle_timeout=settings.idle_timeout,
+        min_run_time=settings.min_run_time, adopt=settings.adopt_projects,
+        stop_on_exit=settings.stop_projects_on_exit, limits=settings.project_limits, base_path=settings.base_path,
+        hub_url=hub_url)
+    return ProjectManager(store, config, reactor)
+
+
+def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
+    """The project proxy, sharing the hub's authenticator, store and project manager."""
+    assert hub.auth is not None and hub.projects is not None and hub.projects.manager is not None
+    auth = hub.auth
+    access = ProxyAccess(auth.auth, hub.store, auth.names, reactor)
+    auth.auth.listeners.append(access.forget_all)
+    hub.projects.listeners.append(access.forget_project)
+
+    known: dict[Any, set[int]] = {}
+
+    def hub_ports() -> set[int]:
+        """The hub's own listening port(s), looked up once per listening port."""
+        port = hub.web.port if hub.web is not None else None
+        if port not in known:
+            number = getattr(port.getHost(), "port", None) if port is not None else None
+            known.clear()
+            known[port] = {number} if isinstance(number, int) else set()
+        return known[port]
+
+    return Proxy(reactor=reactor, base_path=settings.base_path, access=access, manager=hub.projects.manager,
+                 names=auth.names, hub_secret=auth.auth.hub_password, trust_proxy=settings.trust_proxy,
+                 timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
+
+
+def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
+    """What ``BASE_PATH/conat/`` is in a process without the broker: a splice to CONAT_SERVER."""
+    if settings.conat_server:
+        return ConatForwardResource(reactor, settings.conat_server, trust_proxy=settings.trust_proxy)
+    log.warn("this hub process does not run the conat broker and CONAT_SERVER is not set: "
+             "clients connecting to {path} get 503", path=settings.path("/conat/"))
+    return ErrorResource(503, "This hub process does not run conat and CONAT_SERVER is not set.")
+
+
+def build_conat(settings: Settings, hub: HubService, reactor: Any) -> ConatServer:
+    """The conat broker, signing clients in through the hub's authenticator."""
+    assert hub.auth is not None and hub.projects is not None
+    config = BrokerConfig(max_connections=settings.conat_max_connections,
+                          max_connections_per_user=settings.conat_max_connections_per_user)
+    server = ConatServer(reactor, auth=hub.auth.auth, names=hub.auth.names, store=hub.store, config=config,
+                         trust_proxy=settings.trust_proxy)
+    hub.projects.listeners.append(server.project_changed)
+    return server
+
+
+def build_service(settings: Settings, reactor: Any, observer: ILogObserver | None = None, *,
+                  password_cost: dict[str, int] | None = None) -> HubService:
+    """Compose the hub from settings: each selected part becomes a child service.
+
+    Children are stopped newest first, so the order here is: database, auth, … , web."""
+    hub = HubService(settings, reactor, observer)
+    if settings.parts & {"proxy-server", "conat-server", "conat-api"}:
+        store = prepare_store(settings, reactor)
+        StoreService(store).setServiceParent(hub)
+        auth = build_auth(settings, store, reactor, password_cost=password_cost)
+        AuthService(auth, store).setServiceParent(hub)
+        hub.store, hub.auth = store, auth
+        manager = None
+        if "proxy-server" in settings.parts:
+            manager = build_manager(settings, store, reactor, hub)
+            manager.setServiceParent(hub)
+        client = ProjectClient(reactor, settings.base_path)
+        ProjectClientService(client).setServiceParent(hub)
+        hub.projects = Projects(store, manager, client)
+    if "conat-server" in settings.parts:
+        hub.conat = build_conat(settings, hub, reactor)
+        ConatService(hub.conat).setServiceParent(hub)
+    if settings.serves_http:
+        web = build_web(settings, reactor)
+        hub.web_parts = web
+        proxy = None
+        if hub.auth is not None and hub.projects is not None and "proxy-server" in settings.parts:
+            services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
+                                   names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path)
+            web.router.mount("api", ApiResource(services), "api", json_errors=True)
+            web.health.register("database", hub.database_status)
+            if hub.projects.manager is not None:
+                proxy = build_proxy(settings, hub, reactor)
+                ProxyService(proxy).setServiceParent(hub)
+        hub.proxy = proxy
+        conat = hub.conat
+        if conat is not None:
+            web.router.mount("conat", conat.resource, "conat")
+            conat.report(web.metrics)
+        elif "proxy-server" in settings.parts:
+            web.router.mount("conat", conat_elsewhere(settings, reactor), "conat")
+
+        def on_drain() -> None:
+            web.health.shutting_down = True
+            if conat is not None:
+                conat.close_connections()  # WebSockets would otherwise hold the drain open
+
+        hub.web = WebService(reactor, web.site, settings.listen, grace=settings.shutdown_grace,
+                             public_url=lambda port: public_url(settings, port), on_drain=on_drain,
+                             factory=FrontDoorFactory(web.site, proxy, reactor))
+
+        def http_status() -> Status:
+            if web.site.draining:
+                return Status(False, "draining")
+            return Status(hub.web is not None and hub.web.port is not None, "listening")
+
+        web.health.register("http", http_status)
+        # Added last, so it is stopped (drained) first.
+        hub.web.setServiceParent(hub)
+    return hub
+
+
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
+
+
+def raise_open_files_limit() -> None:
+    """Use the hard limit on open files: every conat client and proxied connection is a
+    descriptor, and the soft default (often 1024) would cap the hub long before memory does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def makeService(options: Mapping[str, Any]) -> HubService:
+    """The twistd entry point. Bad settings end the process with one line, no traceback."""
+    from twisted.internet import reactor
+
+    try:
+        settings = from_options(options)
+    except SettingsError as e:
+        raise SystemExit(f"cocalc-hub: {e}") from None
+    raise_open_files_limit()
+    parent = getattr(options, "parent", None)
+    observer = logs.make_observer(settings.log_format, logs.log_stream(parent), _LEVELS[settings.log_level])
+    hub = build_service(settings, reactor, observer)
+    # Listen now, before twistd starts logging, so "port in use" is the only line printed.
+    hub.listen()
+    return hub

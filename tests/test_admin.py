@@ -1,0 +1,118 @@
+"""The admin CLI end to end, as a real subprocess, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+from twisted.web.client import HTTPConnectionPool
+
+from tests.db.support import fresh_postgres_url
+from tests.support import settings_for, spawn, start_hub
+from tests.web.api_client import ApiClient
+
+
+class AdminCliSuite:
+    kind = "sqlite"
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        case: unittest.TestCase = self  # type: ignore[assignment]
+        self.tmp = Path(case.mktemp()).resolve()
+        self.tmp.mkdir()
+        self.options: dict[str, Any] = {}
+        if self.kind == "postgres":
+            self.options["database"] = await fresh_postgres_url(case)
+        self.hub = start_hub(case, settings_for(self.tmp, self.options))
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        case.addCleanup(self.pool.closeCachedConnections)
+
+    async def admin(self, *args: str, expect: int = 0) -> Any:
+        case: Any = self
+        cmd = [sys.executable, "-m", "cocalc_hub.admin", "--data", str(self.tmp / "data")]
+        if "database" in self.options:
+            cmd += ["--database", self.options["database"]]
+        proc, _ = spawn(case, [*cmd, "--json", *args])
+        code = await proc.ended
+        out = proc.output.decode()
+        case.assertEqual(code, expect, out)
+        if expect != 0:
+            case.assertNotIn("Traceback", out)
+            return out.strip()
+        return json.loads(out)
+
+    async def test_cli_flow(self) -> None:
+        t: Any = self
+        root = await self.admin("create-account", "root@example.com", "--admin", "--password", "root-Secret-1")
+        t.assertTrue(root["is_admin"])
+        bob = await self.admin("create-account", "bob@example.com")
+        bob_password = bob["password"]
+        project = await self.admin("create-project", "root@example.com", "--title", "Lab")
+        pid = project["project_id"]
+        await self.admin("add-collaborator", pid.upper(), "bob@example.com")
+        listed = await self.admin("list-projects", "--account", "bob@example.com")
+        t.assertEqual([p["project_id"] for p in listed], [pid])
+        key = await self.admin("create-api-key", "bob@example.com", "--name", "cli", "--project", pid)
+        t.assertEqual(key["project_id"], pid)
+
+        # What the CLI did is what the running hub sees.
+        client = ApiClient(self.hub.base, self.pool)
+        r = await client.sign_in("bob@example.com", bob_password)
+        t.assertEqual(r.code, 200, r)
+        r = await client.get("projects/get")
+        t.assertEqual([p["title"] for p in r.json], ["Lab"])
+        r = await ApiClient(self.hub.base, self.pool).post("projects/get", {"project_id": pid},
+                                                           headers={"Authorization": f"Bearer {key['secret']}"})
+        t.assertEqual(r.code, 200, r)
+
+        reset = await self.admin("reset-password", "bob@example.com", "--password", "bobs-New-pass-2")
+        t.assertEqual(reset["account_id"], bob["account_id"])
+        # The old session is revoked (the hub's cache lasts at most a second).
+        from twisted.internet import task
+
+        await task.deferLater(reactor, 1.1, lambda: None)
+        t.assertEqual((await client.get("accounts/profile")).code, 401)
+        t.assertEqual((await client.sign_in("bob@example.com", "bobs-New-pass-2")).code, 200)
+
+        made = await self.admin("make-admin", bob["account_id"])
+        t.assertTrue(made["is_admin"])
+        accounts = await self.admin("list-accounts")
+        t.assertEqual({a["email_address"]: a["is_admin"] for a in accounts},
+                      {"root@example.com": True, "bob@example.com": True})
+        await self.admin("remove-collaborator", pid, "bob@example.com")
+        token = await self.admin("create-registration-token", "--limit", "2")
+        t.assertEqual(token["limit"], 2)
+
+    async def test_cli_errors(self) -> None:
+        t: Any = self
+        out = await self.admin("create-project", "nobody@example.com", expect=1)
+        t.assertIn("no account 'nobody@example.com'", out)
+        out = await self.admin("add-collaborator", "not-a-uuid", "x@example.com", expect=1)
+        t.assertIn("is not a project id", out)
+        await self.admin("create-account", "dup@example.com")
+        out = await self.admin("create-account", "dup@example.com", expect=1)
+        t.assertIn("already exists", out)
+        out = await self.admin("create-account", "weak@example.com", "--password", "short", expect=1)
+        t.assertIn("at least 8", out)
+        out = await self.admin("create-account", "not an email", expect=1)
+        t.assertIn("not a valid email", out)
+
+
+class SQLiteAdminCli(AdminCliSuite, unittest.TestCase):
+    timeout = 120
+
+    async def test_bad_database_one_line(self) -> None:
+        proc, _ = spawn(self, [sys.executable, "-m", "cocalc_hub.admin", "--data", str(self.tmp / "data"),
+                               "--database", "postgresql://nobody@127.0.0.1:1/nothing", "list-accounts"])
+        self.assertEqual(await proc.ended, 2)
+        out = proc.output.decode().strip()
+        self.assertEqual(len(out.splitlines()), 1, out)
+        self.assertIn("cocalc-hub-admin: --database: cannot open postgresql://nobody@127.0.0.1:1/nothing", out)
+
+
+class PostgresAdminCli(AdminCliSuite, unittest.TestCase):
+    kind = "postgres"
+    timeout = 120
