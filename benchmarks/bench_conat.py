@@ -26,14 +26,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from support import Hub, rss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
-TWISTD = str(Path(sys.executable).parent / "twistd")
 NODE_SCRIPT = str(ROOT / "benchmarks" / "node" / "bench_conat.js")
 PY_CLIENT = str(ROOT / "benchmarks" / "conat_py_client.py")
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
@@ -44,65 +43,6 @@ TARGET_REQ = 1_250  # req/s
 TARGET_P50 = 0.74  # ms
 TARGET_FANOUT = 40_000  # deliveries/s
 TARGET_IDLE_KIB = 100  # KiB per idle connection
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-class Hub:
-    """A ``twistd cocalc-hub`` process with its own DATA directory."""
-
-    def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="bench-conat-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.tmp / "hub.log", "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--port", f"tcp:{self.port}:interface=127.0.0.1",
-             "--conat-max-connections", "12000", "--conat-max-connections-per-user", "12000", "--log-level", "warn"],
-            env={**os.environ, "DATA": str(self.tmp / "data")}, stdout=self.log, stderr=self.log)
-        self.pid = self.proc.pid
-        deadline = time.time() + 60
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"the hub exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/alive", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{self.url}/alive did not answer in 60 s") from None
-            time.sleep(0.1)
-        self.password = (self.tmp / "data" / "secrets" / "conat-password").read_text().strip()
-
-    def log_tail(self) -> str:
-        self.log.flush()
-        return (self.tmp / "hub.log").read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def run_json(cmd: list[str], timeout: float, hub: Hub) -> dict[str, Any]:
@@ -209,7 +149,7 @@ def main() -> None:
     if node is None or not (NODE_MODULES / "socket.io-client").is_dir():
         sys.exit("node and tests/node/node_modules are needed: make tests/node/node_modules/.installed")
     s, w, n = args.seconds, args.window, args.runs
-    hub = Hub()
+    hub = Hub(["--conat-max-connections", "12000", "--conat-max-connections-per-user", "12000"])
     try:
         print(f"# conat broker: twistd cocalc-hub on 127.0.0.1; {os.cpu_count()} cores shared by the hub and the "
               f"client process; {n} runs per figure (median, then every run); 100-byte messages")
@@ -265,7 +205,7 @@ def main() -> None:
               f"(VmRSS; a fresh hub each run); target <= {TARGET_IDLE_KIB} KiB per connection")
     per_conn = []
     for i in range(n if args.idle else 1):
-        hub = Hub()
+        hub = Hub(["--conat-max-connections", "12000", "--conat-max-connections-per-user", "12000"])
         try:
             before, after, closed, took, nd = idle_run(node, count, hub, check_nodelay=i == 0)
             found = found or nd

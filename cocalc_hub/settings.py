@@ -77,6 +77,15 @@ class Settings:
     """Address of the conat broker when this process does not run it (CONAT_SERVER)."""
     conat_max_connections: int = 10000
     conat_max_connections_per_user: int = 100
+    persist_storage: str = "sqlite"
+    """Where persist streams live: 'sqlite' (a file per stream), 'memory' or 'postgres'."""
+    persist_database: str = ""
+    """PostgreSQL conninfo for persist_storage 'postgres' ('' = libpq environment)."""
+    sync_dir: Path = Path("data/sync")
+    """Root of the SQLite stream files (COCALC_SYNC, else DATA/sync)."""
+    persist_id: str = "0"
+    persist_count: int = 1
+    """This persist server's id among CONAT_PERSIST_COUNT servers ("0" … "N-1")."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -257,6 +266,27 @@ def database_setting(value: str | None, env: Mapping[str, str], data_dir: Path,
     raise SettingsError(setting, f"{value!r} is neither 'sqlite', 'sqlite:PATH' nor a postgresql:// URL")
 
 
+def persist_setting(options: Mapping[str, Any], env: Mapping[str, str], database_kind: str,
+                    database: str) -> tuple[str, str]:
+    """(storage kind, PostgreSQL conninfo) from --persist-storage / COCALC_PERSIST_STORAGE."""
+    setting = "--persist-storage" if options.get("persist-storage") else "COCALC_PERSIST_STORAGE"
+    value = str(options.get("persist-storage") or env.get("COCALC_PERSIST_STORAGE") or "sqlite")
+    if value in ("sqlite", "memory"):
+        return value, ""
+    if value in ("postgres", "postgresql", "postgresql:", "postgres:"):
+        # the hub's own PostgreSQL database when it has one, else the libpq environment
+        return "postgres", database if database_kind == "postgres" else ""
+    if value.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError as e:
+            raise SettingsError(setting, f"cannot parse the connection string: {e}") from None
+        return "postgres", value
+    raise SettingsError(setting, f"{value!r} is not 'sqlite', 'memory', 'postgres' or a postgresql:// URL")
+
+
 def _seconds(options: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
     raw = options.get(name)
     if raw is None:
@@ -401,6 +431,26 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
                 raise SettingsError(f"--{option}", f"{raw_limit!r} is not a positive whole number")
             project_limits[name] = int(raw_limit) * scale
     idle_disabled = bool(env.get("COCALC_NO_IDLE_TIMEOUT"))
+    persist_storage, persist_database = persist_setting(options, env, database_kind, database)
+    sync_raw = env.get("COCALC_SYNC")
+    sync_dir = Path(sync_raw).expanduser() if sync_raw else data_dir / "sync"
+    if "conat-persist" in parts and persist_storage == "sqlite":
+        sync_dir = _writable_dir(sync_dir, "COCALC_SYNC")
+    count_raw = options.get("persist-count") or env.get("CONAT_PERSIST_COUNT")
+    count_setting = "--persist-count" if options.get("persist-count") else "CONAT_PERSIST_COUNT"
+    if count_raw is not None and not (re.fullmatch(r"[0-9]{1,4}", str(count_raw)) and 1 <= int(count_raw) <= 1000):
+        raise SettingsError(count_setting, f"{count_raw!r} must be a whole number between 1 and 1000")
+    persist_count = int(count_raw) if count_raw is not None else 1
+    persist_id = str(options.get("persist-id") or "0")
+    if not (re.fullmatch(r"[0-9]{1,4}", persist_id) and int(persist_id) < persist_count):
+        raise SettingsError("--persist-id", f"{persist_id!r} must be one of 0 … {persist_count - 1} "
+                                            f"(there are {persist_count} persist servers)")
+    persist_id = str(int(persist_id))
+    conat_server = conat_server_setting(env, parts)
+    needs_broker = sorted(parts & {"conat-api", "conat-persist"})
+    if needs_broker and "conat-server" not in parts and not conat_server:
+        raise SettingsError("CONAT_SERVER", f"--{' and --'.join(needs_broker)} without --conat-server need the "
+                                            "address of the conat broker in CONAT_SERVER")
 
     return Settings(
         listen=listen,
@@ -430,7 +480,12 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         stop_projects_on_exit=_flag(options, "stop-projects-on-exit"),
         adopt_projects=not _flag(options, "no-adopt-projects"),
         proxy_timeout=_seconds(options, "proxy-timeout", 120.0, 0, 86400),
-        conat_server=conat_server_setting(env, parts),
+        conat_server=conat_server,
         conat_max_connections=_count(options, "conat-max-connections", 10000, 1, 10 ** 6),
         conat_max_connections_per_user=_count(options, "conat-max-connections-per-user", 100, 1, 10 ** 6),
+        persist_storage=persist_storage,
+        persist_database=persist_database,
+        sync_dir=sync_dir,
+        persist_id=persist_id,
+        persist_count=persist_count,
     )

@@ -27,6 +27,7 @@ from cocalc_hub.db import StoreService, prepare_store
 from cocalc_hub.projects.client import ProjectClient, ProjectClientService
 from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
 from cocalc_hub.projects.operations import Projects
+from cocalc_hub.projects.publish import StatePublisher
 from cocalc_hub.proxy.access import ProxyAccess
 from cocalc_hub.proxy.conat_forward import ConatForwardResource
 from cocalc_hub.proxy.core import Proxy, ProxyService
@@ -85,12 +86,19 @@ class Options(usage.Options):
         ["conat-max-connections", None, None, "Conat connections this broker accepts (default 10000)."],
         ["conat-max-connections-per-user", None, None, "Conat connections per account, project or hub "
                                                        "(default 100)."],
+        ["persist-storage", None, None, "Where persist streams live: sqlite (default; a file per stream under "
+                                        "COCALC_SYNC or DATA/sync), memory, postgres (the hub's database) or a "
+                                        "postgresql:// URL. Env: COCALC_PERSIST_STORAGE."],
+        ["persist-id", None, None, "This persist server's id, 0 … CONAT_PERSIST_COUNT-1 (default 0)."],
+        ["persist-count", None, None, "How many persist servers share the load (default 1; env "
+                                      "CONAT_PERSIST_COUNT)."],
     ]
     optFlags = [
         ["all", None, "Run every part (the default when no part is selected)."],
         ["conat-server", None, "Run the conat broker (WebSocket at BASE_PATH/conat/)."],
-        ["conat-api", None, "Run the hub API over conat."],
-        ["conat-persist", None, "Run a conat persist server."],
+        ["conat-api", None, "Serve the hub API over conat (hub.*.*.api), on the broker in this process "
+                            "or the one CONAT_SERVER names."],
+        ["conat-persist", None, "Run a conat persist server (streams and key-value stores on persist.*)."],
         ["proxy-server", None, "Run the HTTP server: web pages, JSON API and the project proxy."],
         ["trust-proxy", None, "Believe X-Forwarded-For/-Proto from the peer (only behind your own proxy)."],
         ["multi-user", None, "Same as --mode=multi-user."],
@@ -241,10 +249,14 @@ def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService)
     """The project manager; it learns the hub's own URL once the listener is up."""
 
     def hub_url() -> str:
+        """Where projects reach this hub (and its conat broker, ``CONAT_SERVER``)."""
         if hub.web is None or hub.web.port is None:
             return ""
-        port = getattr(hub.web.port.getHost(), "port", None)
-        return f"http://127.0.0.1:{port}{'' if settings.base_path == '/' else settings.base_path}" if port else ""
+        addr = hub.web.port.getHost()
+        port, host = getattr(addr, "port", None), getattr(addr, "host", "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+        scheme = "https" if settings.https else "http"  # the project skips certificate checks on loopback
+        return f"{scheme}://{host}:{port}{'' if settings.base_path == '/' else settings.base_path}" if port else ""
 
     config = ManagerConfig(
         projects=settings.projects, multi_user=settings.project_mode == "multi-user",
@@ -253,7 +265,13 @@ def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService)
         min_run_time=settings.min_run_time, adopt=settings.adopt_projects,
         stop_on_exit=settings.stop_projects_on_exit, limits=settings.project_limits, base_path=settings.base_path,
         hub_url=hub_url)
-    return ProjectManager(store, config, reactor)
+    manager = ProjectManager(store, config, reactor)
+    # State changes go out on conat (project.<id>.0.state.-), through the broker in this
+    # process if it runs here, else CONAT_SERVER; never blocking a transition.
+    publisher = StatePublisher(hub.conat_client)
+    manager.listeners.append(publisher)
+    manager.on_stop.append(publisher.close)
+    return manager
 
 
 def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
@@ -322,6 +340,16 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
     if "conat-server" in settings.parts:
         hub.conat = build_conat(settings, hub, reactor)
         ConatService(hub.conat).setServiceParent(hub)
+    if "conat-api" in settings.parts and hub.auth is not None and hub.projects is not None:
+        from cocalc_hub.conat.api import build_conat_api
+
+        # After the broker (started after it, stopped before it), before the web side.
+        build_conat_api(hub.store, hub.auth.accounts, hub.projects, hub.conat_client, reactor).setServiceParent(hub)
+    if "conat-persist" in settings.parts:
+        from cocalc_hub.conat.persist.service import PersistService
+
+        # After the broker it uses (so stopped before it): streams are flushed and closed first.
+        PersistService(settings, reactor, hub.conat_client).setServiceParent(hub)
     if settings.serves_http:
         web = build_web(settings, reactor)
         hub.web_parts = web

@@ -189,10 +189,12 @@ class SettingsTests(unittest.TestCase):
 
     def test_parts(self) -> None:
         self.assertEqual(self.build({"conat-server": True}).parts, {"conat-server"})
-        self.assertEqual(self.build({"conat-api": True, "conat-persist": True}).parts, {"conat-api", "conat-persist"})
+        broker = {"CONAT_SERVER": "http://127.0.0.1:5000"}
+        self.assertEqual(self.build({"conat-api": True, "conat-persist": True}, env=broker).parts,
+                         {"conat-api", "conat-persist"})
         self.assertEqual(self.build({"all": True, "conat-api": True}).parts, frozenset(PARTS))
         self.assertTrue(self.build({"proxy-server": True}).serves_http)
-        self.assertFalse(self.build({"conat-persist": True}).serves_http)
+        self.assertFalse(self.build({"conat-persist": True}, env=broker).serves_http)
 
     def test_project_mode(self) -> None:
         self.assertEqual(self.build({"mode": "multi-user"}).project_mode, "multi-user")

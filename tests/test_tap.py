@@ -73,9 +73,19 @@ class CompositionTests(unittest.TestCase):
         self.assertIsNotNone(hub.web)
 
     def test_persist_only_has_no_listener(self) -> None:
-        s = settings_for(self.mktemp(), {"conat-persist": True})
+        s = settings_for(self.mktemp(), {"conat-persist": True}, env={"CONAT_SERVER": "http://127.0.0.1:5000"})
         hub = tap.build_service(s, reactor)
         self.assertIsNone(hub.web)
+        self.assertEqual([child.name for child in hub], ["conat-persist"])
+
+    def test_persist_or_api_without_a_broker_needs_conat_server(self) -> None:
+        from cocalc_hub.settings import SettingsError
+
+        for part in ("conat-persist", "conat-api"):
+            with self.assertRaises(SettingsError) as e:
+                settings_for(self.mktemp(), {part: True})
+            self.assertIn("CONAT_SERVER", str(e.exception))
+        settings_for(self.mktemp(), {"conat-persist": True, "conat-server": True})  # the broker is here
 
     def test_observer_installed_on_application(self) -> None:
         s = settings_for(self.mktemp())

@@ -79,6 +79,8 @@ class Client:
         self.inbox: str | None = None
         self._subs: dict[str, _ServerSub] = {}
         self._replies: dict[str, Callable[[Message], None]] = {}
+        self._waiting_replies: set[Deferred[Message]] = set()
+        """Requests waiting for their reply: cancelled when the client closes."""
         self._denied: dict[tuple[str, str], tuple[float, str]] = {}
         self._signin_waiters: list[Deferred[dict[str, Any]]] = []
         self._inbox_waiters: list[Deferred[str]] = []
@@ -465,6 +467,7 @@ class Client:
                 answer.callback(msg)
 
         self._replies[reply] = got
+        self._waiting_replies.add(answer)
         try:
             count = await self.publish(subject, data, raw=raw, encoding=encoding,
                                        headers={**(headers or {}), "CN-Reply": reply}, timeout=timeout,
@@ -475,9 +478,13 @@ class Client:
             try:
                 return await answer.addTimeout(max(left, 0.001), self.reactor)
             except (CancelledError, DeferredTimeout):
+                if self.closed:
+                    raise ConatError("client is closed") from None
                 raise ConatError("timeout", 408) from None
         finally:
             self._replies.pop(reply, None)
+            self._waiting_replies.discard(answer)
+            answer.addErrback(lambda f: None)  # cancelled by close() while publishing: not an error
 
     async def request_many(self, subject: str, data: Any = None, *, raw: bytes | None = None,
                            encoding: int = MSGPACK, headers: dict[str, Any] | None = None,
@@ -550,6 +557,8 @@ class Client:
             for listener in server.listeners:
                 listener._end(None)
         self._subs.clear()
+        for waiting in list(self._waiting_replies):
+            waiting.cancel()
         self.transport.close()
 
 

@@ -28,6 +28,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cocalc_hub.project.files import FileError, confine
+
 log = Logger()
 
 DEFAULT_TIMEOUT = 60.0
@@ -186,13 +188,10 @@ class Jobs:
         return float(value)
 
     def _directory(self, raw: object) -> Path:
-        if raw in (None, "", "."):
-            return self.home
-        if not isinstance(raw, str) or "\x00" in raw:
-            raise ExecError(400, "path must be a string")
-        candidate = Path(os.path.realpath(self.home / raw))
-        if candidate != self.home and not candidate.is_relative_to(self.home):
-            raise ExecError(403, "path must be inside the project's home directory")
+        try:
+            candidate = confine(self.home, raw)
+        except FileError as e:
+            raise ExecError(e.status, e.message) from None
         if not candidate.is_dir():
             raise ExecError(400, "path is not a directory")
         return candidate

@@ -95,6 +95,9 @@ def warm_up() -> None:
     import twisted.web.server  # noqa: F401
     from twisted.internet import reactor  # noqa: F401
 
+    import cocalc_hub.conat.client  # noqa: F401
+    import cocalc_hub.project.api  # noqa: F401
+    import cocalc_hub.project.conat_link  # noqa: F401
     import cocalc_hub.project.jobs  # noqa: F401
     import cocalc_hub.project.raw  # noqa: F401
     import cocalc_hub.project.server  # noqa: F401

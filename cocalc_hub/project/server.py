@@ -1,4 +1,5 @@
-"""The project program: set up the process, serve raw files and exec, tell the hub it is ready."""
+"""The project program: set up the process, serve raw files and exec, tell the hub it is ready,
+then join the hub's conat broker (answering the project API there)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import endpoints, task
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
@@ -82,6 +85,7 @@ def run(env: Mapping[str, str]) -> int:
 
     from twisted.internet import reactor
 
+    started = time.time()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     jobs = Jobs(reactor, home, child_environment(env, home))
     root = ProjectRoot(home=home, project_id=project_id, base_path=env.get("BASE_PATH", "/"), token=token,
@@ -93,6 +97,8 @@ def run(env: Mapping[str, str]) -> int:
         number = port.getHost().port
         log.info("project {project_id} serving on 127.0.0.1:{port}", project_id=project_id, port=number)
         announce(ready_fd, {"http_port": number, "pid": os.getpid()})
+        # Only now: the hub waits for the ready line, and conat is not needed for it.
+        join_conat(reactor, env, home, jobs, started)
 
     def failed(f: Any) -> None:
         log.failure("cannot listen", f)
@@ -106,6 +112,17 @@ def run(env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reactor.run()
     return 0
+
+
+def join_conat(reactor: Any, env: Mapping[str, str], home: Path, jobs: Jobs, started: float) -> None:
+    """Answer the project API on the hub's conat broker, if the hub said where it is."""
+    from cocalc_hub.project.api import ProjectApi
+    from cocalc_hub.project.conat_link import start_link
+
+    api = ProjectApi(project_id=env["COCALC_PROJECT_ID"], home=home, jobs=jobs, started=started)
+    link = start_link(reactor, env, api.handle, started)
+    if link is not None:
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(link.stop()))
 
 
 def reap_orphans(reactor: Any) -> None:

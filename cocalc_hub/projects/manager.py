@@ -182,6 +182,8 @@ class ProjectManager(service.Service):
         self._touched: dict[str, float] = {}
         self._idle: task.LoopingCall | None = None
         self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
+        """Called once the manager has stopped (e.g. to close the state publisher's client)."""
 
     # helpers -------------------------------------------------------------------------
 
@@ -524,6 +526,8 @@ class ProjectManager(service.Service):
             await defer.gatherResults([defer.ensureDeferred(self.stop(pid)) for pid in list(self.active)],
                                       consumeErrors=True)
         self.release_all()
+        for hook in self.on_stop:
+            hook()
 
     def release_all(self) -> None:
         """Leave every project running for the next hub process, and stop watching them."""

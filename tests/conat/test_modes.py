@@ -91,3 +91,26 @@ class ConatServerProcessTests(unittest.TestCase):
         transport.signalProcess("TERM")
         await proc.ended
         self.assertNotIn(b"Traceback", proc.output)
+
+
+class TlsTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_conat_over_the_hubs_tls_listener(self) -> None:
+        from tests.support import make_self_signed_cert
+
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir()
+        key, cert = make_self_signed_cert(tmp)
+        hub = start_hub(self, settings_for(tmp, {"port": f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"}))
+        password = (hub.hub.settings.secrets_dir / "conat-password").read_text().strip()
+        clients = []
+        for _ in range(2):
+            c = connect(reactor, f"https://127.0.0.1:{hub.port}", cookies={"hub_password": password},
+                        verify_tls=False)
+            self.addCleanup(c.close)
+            clients.append(c)
+            await c.signed_in(timeout=20)
+        sub = await clients[0].subscribe("tls.x")
+        self.assertEqual(await clients[1].publish("tls.x", "secure"), 1)
+        self.assertEqual((await sub.next(5)).data, "secure")

@@ -24,10 +24,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
@@ -83,6 +85,21 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onConnect(self, request: ConnectionRequest) -> None:
         return None  # accept; no subprotocol, no extra headers
+
+    def connectionMade(self) -> None:
+        """autobahn's own, minus the TLS channel binding: behind the hub's front door the
+        transport is a shim over the TLS connection, from which autobahn cannot read the
+        channel id (it raised, so no wss:// client could connect); conat has no use for it."""
+        secure = ISSLTransport.providedBy(self.transport)
+        self._transport_details = TransportDetails(
+            channel_type=TransportDetails.CHANNEL_TYPE_TLS if secure else TransportDetails.CHANNEL_TYPE_TCP,
+            channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET, peer=peer2str(self.transport),  # type: ignore[arg-type]
+            is_server=True, is_secure=secure)
+        self.peer = self._transport_details.peer
+        self._connectionMade()
+
+    def _onOpen(self) -> None:
+        self.onOpen()  # without the channel binding (see connectionMade)
 
     def onOpen(self) -> None:
         # autobahn tries to set TCP_NODELAY before its options are copied and fails silently.

@@ -1,0 +1,80 @@
+"""A hub with an owner, a collaborator and an outsider, one project, and conat clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+from twisted.web.client import HTTPConnectionPool
+
+from cocalc_hub.conat.client import Client, Subscription, connect
+from cocalc_hub.project.subjects import api_subject, state_subject
+from tests.support import RunningHub, settings_for, start_hub
+from tests.web.api_client import ApiClient
+
+
+class ProjectConatCase(unittest.TestCase):
+    timeout = 60
+    env: dict[str, str] = {}
+    options: dict[str, Any] = {"project-stop-grace": "2"}
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.hub: RunningHub = start_hub(self, settings_for(self.mktemp(), self.options, self.env))
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.owner = await self.account("owner@example.com")
+        self.friend = await self.account("friend@example.com")
+        self.outsider = await self.account("outsider@example.com")
+        r = await self.owner.post("projects/create", {"title": "P"})
+        self.project: str = r.json["project_id"]
+        r = await self.owner.post("projects/collaborators/add", {"project_id": self.project,
+                                                                  "email": "friend@example.com"})
+        assert r.code == 200, r
+        self.api = api_subject(self.project)
+        self.addCleanup(self.stop_projects)
+
+    async def account(self, email: str) -> ApiClient:
+        c = ApiClient(self.hub.base, self.pool)
+        r = await c.sign_up(email)
+        assert r.code == 201, r
+        return c
+
+    def browser(self, who: ApiClient) -> Client:
+        """A conat client signed in like the browser of ``who`` (its remember_me cookie)."""
+        c = connect(reactor, self.hub.base, cookies=dict(who.cookies), reconnect=False)
+        self.addCleanup(c.close)
+        return c
+
+    @property
+    def manager(self) -> Any:
+        return self.hub.hub.projects.manager  # type: ignore[union-attr]
+
+    async def stop_projects(self) -> None:
+        for project_id in list(self.manager.active):
+            await self.manager.stop(project_id)
+
+    async def watch(self, who: ApiClient) -> Subscription:
+        """Subscribe ``who`` to the project's state events (live from now on)."""
+        client = self.browser(who)
+        await client.signed_in()
+        sub = await client.subscribe(state_subject(self.project))
+        self.addCleanup(sub.close)
+        return sub
+
+    async def start(self, events: Subscription) -> list[dict[str, Any]]:
+        """Start the project and wait for it to have joined conat (its own "running")."""
+        r = await self.owner.post("projects/start", {"project_id": self.project})
+        self.assertEqual(r.code, 200, r)
+        return await seen(events, lambda e: e["source"] == "project" and e["state"] == "running")
+
+
+async def seen(events: Subscription, last: Callable[[dict[str, Any]], bool],
+               timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Events up to and including the first for which ``last`` is true."""
+    out: list[dict[str, Any]] = []
+    while True:
+        event = (await events.next(timeout)).data
+        out.append(event)
+        if last(event):
+            return out
