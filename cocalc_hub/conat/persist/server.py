@@ -267,10 +267,12 @@ class Session:
                 await msg.respond(None, headers={"error": f"unknown command {cmd}", "code": 404})
                 return
             result = await handler(self, stream, msg, headers)
+            # One answer to a requester whose inbox is subscribed for as long as it waits:
+            # sent without waiting for the broker's count (that costs a round trip per write).
             if isinstance(result, Reply):
-                await msg.respond(None, raw=result.raw, encoding=result.encoding, headers=result.headers)
+                msg.respond_sync(None, raw=result.raw, encoding=result.encoding, headers=result.headers)
             else:
-                await msg.respond(result)
+                msg.respond_sync(result)
         except Exception as e:
             error = e if isinstance(e, ConatError) else ConatError(str(e))
             if not isinstance(e, ConatError):
