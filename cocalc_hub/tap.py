@@ -41,6 +41,8 @@ from cocalc_hub.web.errors import ErrorResource
 from cocalc_hub.web.files import GzipCache
 from cocalc_hub.web.health import AliveResource, Health, HealthcheckResource, Status
 from cocalc_hub.web.metrics import HubMetrics, MetricsResource
+from cocalc_hub.web.pages import SEGMENTS as PAGE_SEGMENTS
+from cocalc_hub.web.pages import PagesResource
 from cocalc_hub.web.site import HubSite, ListenError, Router, WebService
 from cocalc_hub.web.static import RobotsResource, StaticResource, TemplatePage
 
@@ -358,6 +360,10 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
             services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
                                    names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path)
             web.router.mount("api", ApiResource(services), "api", json_errors=True)
+            pages = PagesResource(services, settings.static_dir, web.gzip_cache)  # the web UI
+            web.router.set_index(pages, "page")
+            for segment in PAGE_SEGMENTS:
+                web.router.mount(segment, pages, "page")
             web.health.register("database", hub.database_status)
             if hub.projects.manager is not None:
                 proxy = build_proxy(settings, hub, reactor)

@@ -34,6 +34,10 @@ MAX_GLOBAL = 10_000
 MAX_PATH_LENGTH = 4000
 INIT_TIMEOUT = 30.0
 BATCH_BYTES = 20_000_000
+GET_ALL_BATCH = 4_000_000
+"""Raw bytes per getAll reply. Upstream cuts at 20 MB; replies are only iterated by the
+client, so smaller ones are wire-compatible, need no chunking (max payload 8 MB) and keep
+the hub's memory per reader at a few times this."""
 CHANGEFEED_THROTTLE = 0.03
 
 
@@ -299,7 +303,7 @@ class Session:
         n = 0
         try:
             async for batch in stream.get_all(start_seq=_int(headers.get("start_seq")),
-                                              end_seq=_int(headers.get("end_seq")), batch_bytes=BATCH_BYTES):
+                                              end_seq=_int(headers.get("end_seq")), batch_bytes=GET_ALL_BATCH):
                 await msg.respond([m.wire() for m in batch], headers={"seq": n})
                 n += 1
             await msg.respond(None, headers={"seq": n})
