@@ -28,6 +28,44 @@ log = Logger()
 _MIGRATION_LOCK = 0x0C0CA1C
 
 
+class Connections:
+    """psycopg connections shared by a thread pool's workers: the newest idle one is reused,
+    a broken one is dropped (the next call connects again). Used from pool threads only;
+    errors from ``connect`` and from the caller's work are the caller's to translate."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
+        self._all: list[psycopg.Connection[Any]] = []
+
+    def acquire(self) -> psycopg.Connection[Any]:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+            self._all.append(conn)
+            return conn
+
+    def release(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.closed or conn.broken:
+            self.discard(conn)
+        else:
+            self._idle.put(conn)
+
+    def discard(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.close()
+        finally:
+            if conn in self._all:
+                self._all.remove(conn)
+
+    def close_all(self) -> None:
+        for conn in list(self._all):
+            self.discard(conn)
+        while not self._idle.empty():
+            self._idle.get_nowait()
+
+
 class PostgresDialect(Dialect):
     name = "postgres"
 
@@ -100,8 +138,7 @@ class PostgresBackend(Backend):
         self.connect_timeout = connect_timeout
         self.dialect = PostgresDialect()
         self._pool: ThreadPool | None = None
-        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
-        self._all: list[psycopg.Connection[Any]] = []
+        self._connections = Connections(self._connect)
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout,
@@ -134,37 +171,24 @@ class PostgresBackend(Backend):
             self._pool.start()
 
     def _execute(self, fn: Callable[[Tx], T], write: bool) -> T:
+        connections = self._connections
         try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            try:
-                conn = self._connect()
-            except psycopg.OperationalError as e:
-                raise DatabaseUnavailable(f"cannot connect to {describe(self.conninfo)}: {e}") from None
-            self._all.append(conn)
+            conn = connections.acquire()
+        except psycopg.OperationalError as e:
+            raise DatabaseUnavailable(f"cannot connect to {describe(self.conninfo)}: {e}") from None
         try:
             with conn.transaction():
                 with conn.cursor() as cur:
                     result = fn(Tx(cur, self.dialect))
         except psycopg.OperationalError as e:
             # The connection is probably broken: drop it, the next call reconnects.
-            self._discard(conn)
+            connections.discard(conn)
             raise DatabaseUnavailable(f"database error: {e}") from None
         except BaseException:
-            if conn.closed or conn.broken:
-                self._discard(conn)
-            else:
-                self._idle.put(conn)
+            connections.release(conn)
             raise
-        self._idle.put(conn)
+        connections.release(conn)
         return result
-
-    def _discard(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            conn.close()
-        finally:
-            if conn in self._all:
-                self._all.remove(conn)
 
     def run(self, fn: Callable[[Tx], T], *, write: bool) -> Deferred[T]:
         if self._pool is None:
@@ -173,17 +197,10 @@ class PostgresBackend(Backend):
 
     def stop(self) -> Deferred[None]:
         pool, self._pool = self._pool, None
-
-        def close_all() -> None:
-            for conn in list(self._all):
-                self._discard(conn)
-            while not self._idle.empty():
-                self._idle.get_nowait()
-
         if pool is None:
-            close_all()
+            self._connections.close_all()
             return succeed(None)
         # Let queued work finish (ThreadPool.stop joins, so not on the reactor thread), then close.
         d: Deferred[None] = threads.deferToThread(pool.stop)
-        d.addCallback(lambda _: close_all())
+        d.addCallback(lambda _: self._connections.close_all())
         return d

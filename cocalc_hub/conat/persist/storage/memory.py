@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
 from cocalc_hub.conat.persist.storage.common import Session
-from cocalc_hub.conat.persist.storage.stream import QueuedStream, Store
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store
 
 T = TypeVar("T")
 
@@ -196,29 +196,24 @@ def inline(fn: Callable[[], Any]) -> Deferred[Any]:
     return maybeDeferred(fn)
 
 
-class MemoryBackend(Backend):
+def memory_stream(path: str, ephemeral: bool, clock: Callable[[], float],
+                  on_close: Callable[[QueuedStream], None]) -> QueuedStream:
+    """A stream held in memory (also what the other backends use for ephemeral streams)."""
+    return QueuedStream(path, ephemeral, MemoryStore(), inline, clock, on_close)
+
+
+class MemoryBackend(OpenStreams, Backend):
     """Streams that live as long as they are open."""
 
     name = "memory"
 
     def __init__(self, reactor: Any, clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
         self.reactor = reactor
         self.clock: Callable[[], float] = clock or reactor.seconds
-        self._open: dict[str, QueuedStream] = {}
 
     async def open(self, path: str, *, ephemeral: bool = False) -> Stream:
-        stream = self._open.get(path)
-        if stream is not None:
-            stream.openers += 1
-            return stream
-        stream = QueuedStream(path, ephemeral, MemoryStore(), inline, self.clock, self._forget)
-        self._open[path] = stream
-        return stream
-
-    def _forget(self, stream: QueuedStream) -> None:
-        if self._open.get(stream.path) is stream:
-            del self._open[stream.path]
+        return self._shared(path) or self._keep(memory_stream(path, ephemeral, self.clock, self._forget))
 
     async def close(self) -> None:
-        for stream in list(self._open.values()):
-            await stream.shutdown()
+        await self._shutdown_streams()

@@ -9,22 +9,20 @@ reused, even after deletes.
 from __future__ import annotations
 
 import json
-import queue
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
 from cocalc_hub.conat.persist.storage.common import Session
-from cocalc_hub.conat.persist.storage.memory import MemoryStore, inline
-from cocalc_hub.conat.persist.storage.stream import QueuedStream, Store
+from cocalc_hub.conat.persist.storage.memory import memory_stream
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store, WorkerThreads
+from cocalc_hub.db.postgres import Connections
 
 log = Logger()
 T = TypeVar("T")
@@ -187,7 +185,7 @@ class PostgresStore(Store):
         return None
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(OpenStreams, Backend):
     """Streams in PostgreSQL tables (created if missing; in ``schema`` if given)."""
 
     name = "postgres"
@@ -196,56 +194,40 @@ class PostgresBackend(Backend):
                  schema: str | None = None, threads: int = 4, connect_timeout: int = 10) -> None:
         if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
             raise ValueError(f"invalid schema name {schema!r}")
+        super().__init__()
         self.dsn = dsn
         self.schema = schema
         self.reactor = reactor
         self.clock: Callable[[], float] = clock or reactor.seconds
         self.connect_timeout = connect_timeout
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="cocalc-hub-persist-postgres")
-        self._pool.start()
-        self._trigger: Any = reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
-        self._all: list[psycopg.Connection[Any]] = []
+        self._threads = WorkerThreads(reactor, "cocalc-hub-persist-postgres", threads)
+        self._run = self._threads.run
+        self._connections = Connections(self._connect)
         self._ready = False
         self._schema_lock = DeferredLock()
-        self._open: dict[str, QueuedStream] = {}
 
     def _connect(self) -> psycopg.Connection[Any]:
         extra: dict[str, Any] = {} if self.schema is None else {"options": f"-c search_path={self.schema}"}
-        conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=True,
+        return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=True,
                                application_name="cocalc-hub-persist", **extra)
-        self._all.append(conn)
-        return conn
 
     def with_connection(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``fn`` with a pooled connection (in a pool thread)."""
+        connections = self._connections
         try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            try:
-                conn = self._connect()
-            except psycopg.OperationalError as e:
-                raise ConatError(f"persist storage unavailable: {e}", 503) from None
+            conn = connections.acquire()
+        except psycopg.OperationalError as e:
+            raise ConatError(f"persist storage unavailable: {e}", 503) from None
         try:
             result = fn(conn)
         except psycopg.OperationalError as e:
-            self._discard(conn)
+            connections.discard(conn)
             raise ConatError(f"persist storage error: {e}", 503) from None
         except BaseException:
-            if conn.closed or conn.broken:
-                self._discard(conn)
-            else:
-                self._idle.put(conn)
+            connections.release(conn)
             raise
-        self._idle.put(conn)
+        connections.release(conn)
         return result
-
-    def _discard(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            conn.close()
-        finally:
-            if conn in self._all:
-                self._all.remove(conn)
 
     def _create_tables(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
@@ -254,44 +236,26 @@ class PostgresBackend(Backend):
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'.encode())
             conn.execute(SCHEMA.encode())
 
-    def _run(self, fn: Callable[[], Any]) -> Deferred[Any]:
-        return threads.deferToThreadPool(self.reactor, self._pool, fn)
-
     async def open(self, path: str, *, ephemeral: bool = False) -> Stream:
-        stream = self._open.get(path)
+        stream = self._shared(path)
         if stream is not None:
-            stream.openers += 1
             return stream
         if ephemeral:
-            stream = QueuedStream(path, True, MemoryStore(), inline, self.clock, self._forget)
-        else:
-            if not path or "\0" in path:
-                raise ConatError(f"invalid storage path {path!r}", 403)
-            await self._schema_lock.run(self._ensure_tables)
-            stream = self._open.get(path)  # opened by someone else meanwhile
-            if stream is not None:
-                stream.openers += 1
-                return stream
-            stream = QueuedStream(path, False, PostgresStore(self, path), self._run, self.clock, self._forget)
-        self._open[path] = stream
-        return stream
+            return self._keep(memory_stream(path, True, self.clock, self._forget))
+        if not path or "\0" in path:
+            raise ConatError(f"invalid storage path {path!r}", 403)
+        await self._schema_lock.run(self._ensure_tables)
+        # opened by someone else meanwhile?
+        return self._shared(path) or self._keep(
+            QueuedStream(path, False, PostgresStore(self, path), self._run, self.clock, self._forget))
 
     async def _ensure_tables(self) -> None:
         if not self._ready:
             await self._run(lambda: self.with_connection(self._create_tables))
             self._ready = True
 
-    def _forget(self, stream: QueuedStream) -> None:
-        if self._open.get(stream.path) is stream:
-            del self._open[stream.path]
-
     async def close(self) -> None:
-        for stream in list(self._open.values()):
-            await stream.shutdown()
-        if self._trigger is not None:
-            self.reactor.removeSystemEventTrigger(self._trigger)
-            self._trigger = None
-            await threads.deferToThread(self._pool.stop)
-            for conn in list(self._all):
-                self._discard(conn)
+        await self._shutdown_streams()
+        if await self._threads.stop():
+            self._connections.close_all()
 

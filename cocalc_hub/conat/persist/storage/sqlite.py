@@ -15,16 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
 from cocalc_hub.conat.persist.storage.common import Session
-from cocalc_hub.conat.persist.storage.memory import MemoryStore, inline
-from cocalc_hub.conat.persist.storage.stream import QueuedStream, Store
+from cocalc_hub.conat.persist.storage.memory import memory_stream
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store, WorkerThreads
 
 log = Logger()
 T = TypeVar("T")
@@ -232,62 +230,45 @@ def stream_file(root: Path, path: str) -> Path:
     return file
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(OpenStreams, Backend):
     """Streams as SQLite files under ``root``; ephemeral streams stay in memory."""
 
     name = "sqlite"
 
     def __init__(self, root: Path, reactor: Any, clock: Callable[[], float] | None = None,
                  *, threads: int = 4) -> None:
+        super().__init__()
         self.root = Path(root)
         self.reactor = reactor
         self.clock: Callable[[], float] = clock or reactor.seconds
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="cocalc-hub-persist-sqlite")
-        self._pool.start()
-        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        self._open: dict[str, QueuedStream] = {}
+        self._threads = WorkerThreads(reactor, "cocalc-hub-persist-sqlite", threads)
+        self._run = self._threads.run
         self._opening: dict[str, Deferred[QueuedStream]] = {}
 
-    def _run(self, fn: Callable[[], Any]) -> Deferred[Any]:
-        return threads.deferToThreadPool(self.reactor, self._pool, fn)
-
     async def open(self, path: str, *, ephemeral: bool = False) -> Stream:
-        stream = self._open.get(path)
+        stream = self._shared(path)
         if stream is not None:
-            stream.openers += 1
             return stream
         if path in self._opening:  # someone else is opening it right now: share
             stream = await self._opening[path]
             return await self.open(path, ephemeral=ephemeral)
         if ephemeral:
-            stream = QueuedStream(path, True, MemoryStore(), inline, self.clock, self._forget)
-        else:
-            file = stream_file(self.root, path)
-            d: Deferred[QueuedStream] = Deferred()
-            self._opening[path] = d
-            try:
-                store: SqliteStore = await self._run(lambda: SqliteStore(file))
-            except BaseException as e:
-                del self._opening[path]
-                d.errback(e)
-                d.addErrback(lambda _: None)
-                raise
-            stream = QueuedStream(path, False, store, self._run, self.clock, self._forget)
+            return self._keep(memory_stream(path, True, self.clock, self._forget))
+        file = stream_file(self.root, path)
+        d: Deferred[QueuedStream] = Deferred()
+        self._opening[path] = d
+        try:
+            store: SqliteStore = await self._run(lambda: SqliteStore(file))
+        except BaseException as e:
             del self._opening[path]
-            self._open[path] = stream
-            d.callback(stream)
-            return stream
-        self._open[path] = stream
+            d.errback(e)
+            d.addErrback(lambda _: None)
+            raise
+        stream = self._keep(QueuedStream(path, False, store, self._run, self.clock, self._forget))
+        del self._opening[path]
+        d.callback(stream)
         return stream
 
-    def _forget(self, stream: QueuedStream) -> None:
-        if self._open.get(stream.path) is stream:
-            del self._open[stream.path]
-
     async def close(self) -> None:
-        for stream in list(self._open.values()):
-            await stream.shutdown()
-        if self._trigger is not None:
-            self.reactor.removeSystemEventTrigger(self._trigger)
-            self._trigger = None
-            await threads.deferToThread(self._pool.stop)
+        await self._shutdown_streams()
+        await self._threads.stop()

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.persist.storage import common
@@ -329,3 +331,53 @@ class QueuedStream(Stream):
         await barrier
         self._listeners.clear()
         await self._runner(self._store.close)
+
+
+class OpenStreams:
+    """What every backend does with its open streams: one :class:`QueuedStream` per path,
+    shared by all who open it (counted in ``openers``) and forgotten once the last closes."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, QueuedStream] = {}
+
+    def _shared(self, path: str) -> QueuedStream | None:
+        """The stream already open on ``path``, with one more opener; None if there is none."""
+        stream = self._open.get(path)
+        if stream is not None:
+            stream.openers += 1
+        return stream
+
+    def _keep(self, stream: QueuedStream) -> QueuedStream:
+        self._open[stream.path] = stream
+        return stream
+
+    def _forget(self, stream: QueuedStream) -> None:
+        if self._open.get(stream.path) is stream:
+            del self._open[stream.path]
+
+    async def _shutdown_streams(self) -> None:
+        for stream in list(self._open.values()):
+            await stream.shutdown()
+
+
+class WorkerThreads:
+    """A backend's own threads for blocking storage calls: started with the backend,
+    stopped by its ``close()`` or, failing that, when the reactor shuts down."""
+
+    def __init__(self, reactor: Any, name: str, size: int) -> None:
+        self.reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+        self._pool.start()
+        self._trigger: Any = reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+
+    def run(self, fn: Callable[[], Any]) -> Deferred[Any]:
+        return threads.deferToThreadPool(self.reactor, self._pool, fn)
+
+    async def stop(self) -> bool:
+        """Let queued work finish (off the reactor thread: stopping joins); False if stopped already."""
+        if self._trigger is None:
+            return False
+        self.reactor.removeSystemEventTrigger(self._trigger)
+        self._trigger = None
+        await threads.deferToThread(self._pool.stop)
+        return True
