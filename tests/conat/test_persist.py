@@ -80,7 +80,7 @@ class PersistCase(unittest.TestCase):
 
     async def start_server(self, backend: Any = None, **options: Any) -> PersistServer:
         client = self.client(HUB_USER)
-        server = PersistServer(client, backend or self.memory, MemoryBackend(reactor), **options)
+        server = PersistServer(client, backend or self.memory, **options)
         await server.start()
         self.servers.append(server)
         self.addCleanup(server.close)

@@ -84,58 +84,6 @@ def check_path(subject: str, path: Any, service: str = "persist") -> None:
                          f"path='{path}' since it is not under '{base}'", 403)
 
 
-class OpenStreams:
-    """Streams open in this process, shared by every session on the same path (so a change
-    reaches every changefeed on it) and closed when the last session lets go."""
-
-    def __init__(self, backend: Backend, ephemeral: Backend) -> None:
-        self.backend = backend
-        self.ephemeral = ephemeral
-        self.streams: dict[tuple[str, bool], tuple[Stream, int]] = {}
-        self.opening: dict[tuple[str, bool], Deferred[Stream]] = {}
-
-    async def acquire(self, path: str, ephemeral: bool) -> Stream:
-        key = (path, ephemeral)
-        while True:
-            if key in self.streams:
-                stream, n = self.streams[key]
-                self.streams[key] = (stream, n + 1)
-                return stream
-            pending = self.opening.get(key)
-            if pending is None:
-                break
-            await _wait(pending)
-        d: Deferred[Stream] = Deferred()
-        self.opening[key] = d
-        try:
-            stream = await (self.ephemeral if ephemeral else self.backend).open(path, ephemeral=ephemeral)
-        except BaseException as e:
-            del self.opening[key]
-            d.errback(e)
-            d.addErrback(lambda f: None)
-            raise
-        del self.opening[key]
-        self.streams[key] = (stream, 1)
-        d.callback(stream)
-        return stream
-
-    async def release(self, stream: Stream) -> None:
-        key = (stream.path, stream.ephemeral)
-        entry = self.streams.get(key)
-        if entry is None or entry[0] is not stream:
-            return
-        if entry[1] > 1:
-            self.streams[key] = (stream, entry[1] - 1)
-            return
-        del self.streams[key]
-        await stream.close()
-
-    async def close(self) -> None:
-        for stream, _ in list(self.streams.values()):
-            await stream.close()
-        self.streams.clear()
-
-
 def _wait(d: Deferred[Any]) -> Deferred[None]:
     """A Deferred that fires (with None) when ``d`` does, leaving ``d``'s result alone."""
     out: Deferred[None] = Deferred()
@@ -188,9 +136,10 @@ class Session:
                 raise ConatError("the first message must be {storage: {path, ...}, changefeed}", 400)
             self.server.admit(self)
             check_path(self.sock.subject, storage.get("path"), self.server.service)
-            self.stream = await self.server.streams.acquire(storage["path"], bool(storage.get("ephemeral")))
+            # the backend shares one stream per path among its openers (and so its changefeed)
+            self.stream = await self.server.backend.open(storage["path"], ephemeral=bool(storage.get("ephemeral")))
             if self.sock.state == "closed":
-                await self.server.streams.release(self.stream)
+                await self.stream.close()
                 self.stream = None
                 return
             if body.get("changefeed"):
@@ -322,7 +271,7 @@ class Session:
         if stream is not None:
             if self.feed:
                 stream.remove_listener(self.changed)
-            await self.server.streams.release(stream)
+            await stream.close()
 
 
 class Reply:
@@ -439,7 +388,7 @@ class PersistServer:
     """Serves ``<service>.*`` with id ``server_id`` out of ``ids``; answers the load balancer
     on ``<service>.*.id`` unless ``balancer`` is False."""
 
-    def __init__(self, client: Client, backend: Backend, ephemeral: Backend, *, server_id: str = "0",
+    def __init__(self, client: Client, backend: Backend, *, server_id: str = "0",
                  ids: list[str] | None = None, service: str = "persist", balancer: bool = True,
                  max_per_user: int = MAX_PER_USER, max_global: int = MAX_GLOBAL) -> None:
         self.client = client
@@ -452,7 +401,7 @@ class PersistServer:
         self.balancer = balancer
         self.max_per_user = max_per_user
         self.max_global = max_global
-        self.streams = OpenStreams(backend, ephemeral)
+        self.backend = backend
         self.sessions: set[Session] = set()
         self.per_user: dict[str, int] = {}
         self.total = 0
@@ -501,4 +450,3 @@ class PersistServer:
         self.sockets.close()
         for session in list(self.sessions):
             await session.closed()
-        await self.streams.close()

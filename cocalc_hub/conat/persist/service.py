@@ -21,7 +21,7 @@ log = Logger()
 
 
 def make_backend(settings: Settings, reactor: Any) -> Backend:
-    """The storage the settings name (ephemeral streams always live in memory)."""
+    """The storage the settings name (every backend keeps ephemeral streams in memory)."""
     if settings.persist_storage == "memory":
         return MemoryBackend(reactor)
     if settings.persist_storage == "postgres":
@@ -46,7 +46,6 @@ class PersistService(Service):
         self.client: Client | None = None
         self.server: PersistServer | None = None
         self.backend: Backend | None = None
-        self.ephemeral: Backend | None = None
         self._starting: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -65,9 +64,8 @@ class PersistService(Service):
         self.client = self.client_factory()
         await self.client.signed_in(timeout=None)
         self.backend = make_backend(s, self.reactor)
-        self.ephemeral = MemoryBackend(self.reactor)
         ids = [str(i) for i in range(s.persist_count)]
-        self.server = PersistServer(self.client, self.backend, self.ephemeral, server_id=s.persist_id, ids=ids)
+        self.server = PersistServer(self.client, self.backend, server_id=s.persist_id, ids=ids)
         await self.server.start()
         where = {"sqlite": f"SQLite files under {s.sync_dir}", "memory": "memory (nothing is kept)",
                  "postgres": "PostgreSQL"}[s.persist_storage]
@@ -83,8 +81,7 @@ class PersistService(Service):
             self._starting.cancel()
         if self.server is not None:
             await self.server.close()
-        for backend in (self.backend, self.ephemeral):
-            if backend is not None:
-                await backend.close()
+        if self.backend is not None:
+            await self.backend.close()
         if self.client is not None:
             self.client.close()
