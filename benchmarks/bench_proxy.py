@@ -25,17 +25,10 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
+from support import TWISTD, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-TWISTD = str(Path(sys.executable).parent / "twistd")
 WS_ECHO = str(ROOT / "tests" / "proxy" / "backend_app.py")
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port: int, timeout: float = 20) -> None:

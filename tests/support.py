@@ -125,6 +125,22 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(m.group(1)), headers, body
 
 
+def sleep(seconds: float) -> defer.Deferred[None]:
+    """Let the real reactor run for a while."""
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def until(check: Any, timeout: float = 5.0) -> None:
+    """Poll ``check()`` on the real reactor (every 10 ms) until it holds; fail after ``timeout``."""
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
 def free_tcp_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -164,18 +164,7 @@ async def _restart(ctx: Context, opts: dict[str, Any]) -> Any:
 
 
 async def _state(ctx: Context, opts: dict[str, Any]) -> Any:
-    projects, project_id = ctx.api.projects, project_id_of(opts)
-    if projects.manager is not None:
-        return await projects.state(ctx.caller, project_id)
-    # Projects run in another hub process: what the store says (what its manager reports too).
-    project = await projects.access(ctx.caller, project_id, write=False)
-    out: dict[str, Any] = dict(project.state or {"state": "opened"})
-    out.setdefault("state", "opened")
-    status = dict(project.status or {})
-    for key in ("project.pid", "browser-server.port", "start_ts", "last_output"):
-        if key in status:
-            out[key] = status[key]
-    return out
+    return await ctx.api.projects.state(ctx.caller, project_id_of(opts))
 
 
 async def _add_collaborator(ctx: Context, opts: dict[str, Any]) -> Any:

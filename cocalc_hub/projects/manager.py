@@ -165,6 +165,17 @@ class Running:
     """Left running for the next hub process to adopt; this one records nothing more."""
 
 
+def state_view(project: Project) -> dict[str, Any]:
+    """A project's state as callers see it: the state record and the status fields they may read."""
+    out: dict[str, Any] = dict(project.state or {"state": "opened"})
+    out.setdefault("state", "opened")
+    status = dict(project.status or {})
+    for key in ("project.pid", "browser-server.port", "start_ts", "last_output"):
+        if key in status:
+            out[key] = status[key]
+    return out
+
+
 class ProjectManager(service.Service):
     name = "project-manager"
 
@@ -236,14 +247,7 @@ class ProjectManager(service.Service):
     # control ---------------------------------------------------------------------------
 
     async def state(self, project_id: str) -> dict[str, Any]:
-        project = await self._project(project_id)
-        out: dict[str, Any] = dict(project.state or {"state": "opened"})
-        out.setdefault("state", "opened")
-        status = dict(project.status or {})
-        for key in ("project.pid", "browser-server.port", "start_ts", "last_output"):
-            if key in status:
-                out[key] = status[key]
-        return out
+        return state_view(await self._project(project_id))
 
     async def start(self, project_id: str) -> dict[str, Any]:
         await self._lock(project_id).acquire()

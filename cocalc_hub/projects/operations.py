@@ -16,7 +16,7 @@ from cocalc_hub.auth.accounts import AuthError, normalize_email
 from cocalc_hub.auth.caller import Caller
 from cocalc_hub.db.store import MEMBER_GROUPS, Conflict, Project, Store, is_uuid, normalize_uuid
 from cocalc_hub.projects.client import ProjectClient, ProjectUnreachable
-from cocalc_hub.projects.manager import ProjectError, ProjectManager
+from cocalc_hub.projects.manager import ProjectError, ProjectManager, state_view
 
 log = Logger()
 
@@ -215,8 +215,10 @@ class Projects:
         return await self._control(self._manager().restart, project_id)
 
     async def state(self, caller: Caller, project_id: str) -> dict[str, Any]:
-        await self.access(caller, project_id, write=False)
-        return await self._control(self._manager().state, project_id)
+        project = await self.access(caller, project_id, write=False)
+        if self.manager is None:
+            return state_view(project)  # projects run in another hub process; the store holds their state
+        return await self._control(self.manager.state, project_id)
 
     async def touch(self, caller: Caller, project_id: str) -> None:
         await self.access(caller, project_id)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.client import Client, ConatError, connect
 from tests.conat.support import sockets
-from tests.support import RunningHub, settings_for, start_hub
+from tests.support import RunningHub, settings_for, sleep, start_hub
 from tests.web.api_client import ApiClient
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class AuthCase(unittest.TestCase):

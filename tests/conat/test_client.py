@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from cocalc_hub.conat.client import JSON, Client, ConatError, Message, connect
 from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.permissions import account_user
 from tests.conat.support import sockets
-from tests.support import RunningHub, settings_for, start_hub
+from tests.support import RunningHub, settings_for, sleep, start_hub
 
 A = "aaaaaaaa-0000-4000-8000-000000000001"
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class HubCase(unittest.TestCase):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from cocalc_hub.conat.broker import Broker
@@ -18,23 +18,11 @@ from cocalc_hub.conat.persist.dstream import DKV, DStream
 from cocalc_hub.conat.persist.server import PersistServer, check_path, java_hash, server_for
 from cocalc_hub.conat.persist.storage.memory import MemoryBackend
 from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
-from tests.support import settings_for, start_hub
+from tests.support import settings_for, start_hub, until
 
 A = "aaaaaaaa-0000-4000-8000-000000000001"
 B = "bbbbbbbb-0000-4000-8000-000000000002"
 P = "cccccccc-0000-4000-8000-000000000003"
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def until(check: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 class PathRuleTests(unittest.TestCase):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from cocalc_hub.conat.broker import Broker
@@ -12,19 +12,7 @@ from cocalc_hub.conat.client import Client, ConatError, Message, connect
 from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.socket import ServerSocket, SocketClient, SocketServer
 from cocalc_hub.conat.socket.tcp import CMD, SEQ
-from tests.support import settings_for, start_hub
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def until(check: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await sleep(0.01)
-    raise AssertionError("condition not reached in time")
+from tests.support import settings_for, sleep, start_hub, until
 
 
 class SocketCase(unittest.TestCase):
