@@ -81,6 +81,8 @@ class Client:
         self._replies: dict[str, Callable[[Message], None]] = {}
         self._waiting_replies: set[Deferred[Message]] = set()
         """Requests waiting for their reply: cancelled when the client closes."""
+        self._open_replies: set[Replies] = set()
+        """``request_many`` replies still open: ended when the client closes."""
         self._denied: dict[tuple[str, str], tuple[float, str]] = {}
         self._signin_waiters: list[Deferred[dict[str, Any]]] = []
         self._inbox_waiters: list[Deferred[str]] = []
@@ -494,6 +496,7 @@ class Client:
         reply = f"{inbox}.{random_id()}"
         replies = Replies(self, reply, max_messages)
         self._replies[reply] = replies._push
+        self._open_replies.add(replies)
         try:
             count = await self.publish(subject, data, raw=raw, encoding=encoding,
                                        headers={**(headers or {}), "CN-Reply": reply}, timeout=max_wait)
@@ -559,6 +562,8 @@ class Client:
         self._subs.clear()
         for waiting in list(self._waiting_replies):
             waiting.cancel()
+        for replies in list(self._open_replies):
+            replies.close()
         self.transport.close()
 
 

@@ -207,6 +207,7 @@ class Replies:
 
     def close(self) -> None:
         self.client._replies.pop(self.reply, None)
+        self.client._open_replies.discard(self)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._sub.closed = True

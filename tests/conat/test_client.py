@@ -134,6 +134,19 @@ class RequestTests(HubCase):
             await a.call("calc", "mul", 2)
         self.assertEqual((str(e.exception), e.exception.code), ("Error: no method mul", 404))
 
+    async def test_closing_the_client_ends_open_requests(self) -> None:
+        a, b = await self.pair()
+        await b.subscribe("silent.x")  # a subscriber that never answers
+        replies = await a.request_many("silent.x", 1, max_wait=60)
+        pending = a.request("silent.x", 2, timeout=60)
+        await sleep(0.05)
+        a.close()
+        with self.assertRaises(StopAsyncIteration):
+            await replies.__anext__()
+        with self.assertRaises(ConatError) as e:
+            await pending
+        self.assertEqual(str(e.exception), "client is closed")
+
     async def test_no_responders_is_503_and_silence_is_408(self) -> None:
         a, b = await self.pair()
         with self.assertRaises(ConatError) as e:

@@ -11,11 +11,12 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.message import MSGPACK, Message, encode
+from cocalc_hub.conat.message import MSGPACK, Message, Replies, encode
 from cocalc_hub.conat.persist.storage.base import StoredMessage
 from cocalc_hub.conat.socket import SocketClient
 
@@ -73,6 +74,8 @@ class PersistClient:
         self._delay = REBUILD_FIRST
         self._connected_at = 0.0
         self._rebuilding = False
+        self._reading: set[Replies] = set()
+        """getAll replies being read: ended by close()."""
 
     # the session ------------------------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class PersistClient:
             while not self.closed:
                 delay = self._delay * random.uniform(0.75, 1.25)
                 self._delay = min(self._delay * REBUILD_FACTOR, REBUILD_MAX)
-                await _sleep(self.reactor, delay)
+                await task.deferLater(self.reactor, delay, lambda: None)
                 if self.is_closed():
                     return
                 try:
@@ -139,9 +142,13 @@ class PersistClient:
         finally:
             self._rebuilding = False
         if self.on_rebuilt is not None and not self.closed:
-            result = self.on_rebuilt()
-            if isinstance(result, Deferred) or hasattr(result, "__await__"):
-                await result
+            try:
+                result = self.on_rebuilt()
+                if isinstance(result, Deferred) or hasattr(result, "__await__"):
+                    await result
+            except ConatError:
+                if not self.is_closed():
+                    raise  # otherwise: closed while catching up, nothing left to do
 
     async def request(self, cmd: str, data: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
                       timeout: float | None = None, **params: Any) -> Message:
@@ -199,6 +206,7 @@ class PersistClient:
                    **({"end_seq": end_seq} if end_seq is not None else {})}
         replies = await self.client.request_many(self.sock.peer, None, headers=headers,
                                                  max_wait=timeout or max(self.timeout, 120.0))
+        self._reading.add(replies)
         expected = 0
         try:
             async for reply in replies:
@@ -212,8 +220,11 @@ class PersistClient:
                 if reply.data is None:
                     return
                 yield [stored(item) for item in reply.data]
+            if self.closed:
+                raise ConatError("persist client is closed")
             raise ConatError("timeout", 408)
         finally:
+            self._reading.discard(replies)
             replies.close()
 
     async def delete(self, *, seq: int | None = None, seqs: list[int] | None = None, last_seq: int | None = None,
@@ -235,12 +246,9 @@ class PersistClient:
 
     def close(self) -> None:
         self.closed = True
+        for replies in list(self._reading):
+            replies.close()
         if self.sock is not None:
             self.sock.on_close.clear()
             self.sock.close()
 
-
-def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d

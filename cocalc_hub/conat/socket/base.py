@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -68,14 +68,14 @@ class ConatSocket:
 
     def send_control(self, data: Any) -> Deferred[Message]:
         if self.state == "closed":
-            return _fail(ConatError("socket is closed", "EPIPE"))
+            return fail(ConatError("socket is closed", "EPIPE"))
         return self.client.request(self.peer, data, headers={CMD: "socket"}, timeout=COMMAND_TIMEOUT)
 
     def request(self, data: Any = None, *, headers: dict[str, Any] | None = None, raw: bytes | None = None,
                 encoding: int = MSGPACK, timeout: float = 30.0) -> Deferred[Message]:
         """An application request to the other end (not part of the ordered data)."""
         if self.state == "closed":
-            return _fail(ConatError("socket is closed", "EPIPE"))
+            return fail(ConatError("socket is closed", "EPIPE"))
         return self.client.request(self.peer, data, headers=headers, raw=raw, encoding=encoding, timeout=timeout)
 
     # receiving ----------------------------------------------------------------------------------
@@ -222,9 +222,3 @@ def _answer(msg: Message, data: Any, headers: dict[str, Any] | None = None) -> N
     d = msg.respond(data, headers=headers, timeout=COMMAND_TIMEOUT)
     d.addErrback(lambda f: log.debug("conat socket: could not answer {s}: {e}", s=msg.subject,
                                      e=f.getErrorMessage()))
-
-
-def _fail(error: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = succeed(None)
-    d.addCallback(lambda _: (_ for _ in ()).throw(error))
-    return d

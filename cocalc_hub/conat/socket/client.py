@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
@@ -71,7 +72,7 @@ class SocketClient(ConatSocket):
                 if self.reactor.seconds() - start > self.connect_timeout:
                     raise
                 log.debug("conat socket {s}: connect failed ({e}); retrying", s=self.subject, e=e)
-                await _sleep(self.reactor, delay)
+                await task.deferLater(self.reactor, delay, lambda: None)
                 delay = min(delay * CONNECT_FACTOR, CONNECT_MAX)
                 continue
             if reply.data == "connected":
@@ -105,8 +106,3 @@ class SocketClient(ConatSocket):
             self._sub.close()
             self._sub = None
 
-
-def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
