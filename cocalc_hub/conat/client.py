@@ -21,6 +21,7 @@ Usage (in an ``async def`` run with ``ensureDeferred``)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from random import getrandbits
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -272,7 +273,7 @@ class Client:
                 headers: dict[str, Any] | None) -> list[list[Any]]:
         max_payload = int(self.info.get("max_payload", 1_000_000)) if self.info else 1_000_000
         size = max(1000, max_payload - MAX_HEADER_SIZE)
-        mid = random_id()
+        mid = self._next_id()
         n = len(raw)
         out = []
         for seq, start in enumerate(range(0, n, size)):
@@ -282,6 +283,12 @@ class Client:
                 chunk.append(headers)
             out.append(chunk)
         return out
+
+    @staticmethod
+    def _next_id() -> str:
+        """A message or reply id: 10 random alphanumerics as upstream's, several times
+        cheaper than :func:`random_id` (this runs for every message sent)."""
+        return f"{getrandbits(40):010x}"
 
     def _prepare(self, subject: str, data: Any, raw: bytes | None, encoding: int,
                  headers: dict[str, Any] | None) -> list[list[Any]]:
@@ -333,11 +340,7 @@ class Client:
             answer = await d
             value = answer[0] if answer else None
             if isinstance(value, dict) and value.get("error"):
-                code = value.get("code")
-                if code == 403:
-                    self._denied[("pub", chunks[0][0])] = (self.reactor.seconds() + PERMISSION_CACHE,
-                                                           str(value["error"]).removeprefix("Error: "))
-                raise ConatError(str(value["error"]), code)
+                raise self._publish_error(chunks[0][0], value)
             if isinstance(value, dict) and isinstance(value.get("count"), int):
                 count = max(count, value["count"])
         return count
@@ -454,13 +457,84 @@ class Client:
                 headers: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
                 wait_for_interest: bool = False) -> Deferred[Message]:
         """Publish with a reply subject and return the first reply (503 if nobody listens)."""
+        if not wait_for_interest and self.inbox is not None and self.is_signed_in and not self._sync_running:
+            return self._quick_request(subject, data, raw, encoding, headers, timeout)
         return ensureDeferred(self._request(subject, data, raw, encoding, headers, timeout, wait_for_interest))
+
+    def _quick_request(self, subject: str, data: Any, raw: bytes | None, encoding: int,
+                       headers: dict[str, Any] | None, timeout: float) -> Deferred[Message]:
+        """:meth:`request` once the inbox is live: the same answers as :meth:`_request`
+        with one timer and no coroutines (the path every persist command takes)."""
+        reply = f"{self.inbox}.{self._next_id()}"
+        try:
+            chunks = self._prepare(subject, data, raw, encoding, {**(headers or {}), "CN-Reply": reply})
+        except ConatError as e:
+            return _failed(e)
+        if not chunks:
+            return _failed(ConatError(f"request -- no subscribers matching '{subject}'", 503))
+
+        def cancel(d: Deferred[Message]) -> None:
+            if self.closed:
+                d.errback(ConatError("client is closed"))
+
+        answer: Deferred[Message] = Deferred(cancel)
+
+        def finish(result: Any) -> Any:
+            self._replies.pop(reply, None)
+            self._waiting_replies.discard(answer)
+            if timer.active():
+                timer.cancel()
+            return result
+
+        def got(msg: Message) -> None:
+            if not answer.called:
+                answer.callback(msg)
+
+        def acked(result: Any) -> None:
+            if answer.called:
+                return
+            if result is DISCONNECTED:
+                answer.errback(ConatError("socket has been disconnected"))
+                return
+            value = result[0] if isinstance(result, list) and result else result
+            if isinstance(value, dict) and value.get("error"):
+                answer.errback(self._publish_error(subject, value))
+            elif not (isinstance(value, dict) and value.get("count")):
+                answer.errback(ConatError(f"request -- no subscribers matching '{subject}'", 503))
+
+        def expired() -> None:
+            if not answer.called:
+                answer.errback(ConatError("timeout", 408))
+
+        timer = self.reactor.callLater(timeout, expired)
+        answer.addBoth(finish)
+        self._replies[reply] = got
+        self._waiting_replies.add(answer)
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            # every chunk is acknowledged; the last one's count says whether anyone listens
+            self.transport.emit("publish", [chunk], acked if i == last else self._chunk_acked(answer, subject))
+        return answer
+
+    def _chunk_acked(self, answer: Deferred[Message], subject: str) -> Callable[[Any], None]:
+        def acked(result: Any) -> None:
+            value = result[0] if isinstance(result, list) and result else result
+            if not answer.called and isinstance(value, dict) and value.get("error"):
+                answer.errback(self._publish_error(subject, value))
+        return acked
+
+    def _publish_error(self, subject: str, value: dict[str, Any]) -> ConatError:
+        code = value.get("code")
+        if code == 403:
+            self._denied[("pub", subject)] = (self.reactor.seconds() + PERMISSION_CACHE,
+                                              str(value["error"]).removeprefix("Error: "))
+        return ConatError(str(value["error"]), code)
 
     async def _request(self, subject: str, data: Any, raw: bytes | None, encoding: int,
                        headers: dict[str, Any] | None, timeout: float, wait: bool) -> Message:
         start = self.reactor.seconds()
         inbox = await self._inbox_ready()
-        reply = f"{inbox}.{random_id()}"
+        reply = f"{inbox}.{self._next_id()}"
         answer: Deferred[Message] = Deferred()
 
         def got(msg: Message) -> None:
@@ -493,7 +567,7 @@ class Client:
                            max_wait: float = DEFAULT_TIMEOUT, max_messages: int | None = None) -> Replies:
         """Publish a request and iterate over every reply until ``max_messages`` or ``max_wait``."""
         inbox = await self._inbox_ready()
-        reply = f"{inbox}.{random_id()}"
+        reply = f"{inbox}.{self._next_id()}"
         replies = Replies(self, reply, max_messages)
         self._replies[reply] = replies._push
         self._open_replies.add(replies)

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.message import MSGPACK, Message, Replies, encode
@@ -150,32 +151,39 @@ class PersistClient:
                 if not self.is_closed():
                     raise  # otherwise: closed while catching up, nothing left to do
 
-    async def request(self, cmd: str, data: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
-                      timeout: float | None = None, **params: Any) -> Message:
+    def request(self, cmd: str, data: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
+                timeout: float | None = None, **params: Any) -> Deferred[Message]:
+        """One command; its error header raised as a ConatError. (No coroutine: every
+        write takes this path.)"""
         if self.fatal is not None:
-            raise self.fatal
+            return fail(self.fatal)
         if self.closed or self.sock is None:
-            raise ConatError("persist client is closed")
+            return fail(ConatError("persist client is closed"))
         headers = {"cmd": cmd, **{k: v for k, v in params.items() if v is not None}}
         sock = self.sock
-        try:
-            reply = await sock.request(data, headers=headers, raw=raw, encoding=encoding,
-                                       timeout=timeout or self.timeout)
-        except ConatError as e:
-            if e.code == 503 and sock.state != "closed":
+
+        def failed(f: Failure) -> Failure:
+            if isinstance(f.value, ConatError) and f.value.code == 503 and sock.state != "closed":
                 # nobody listens on our server's subject any more: that server is gone
                 sock.close("the persist server is gone", notify=False)
-            raise
-        return _check(reply)
+            return f
+
+        d = sock.request(data, headers=headers, raw=raw, encoding=encoding, timeout=timeout or self.timeout)
+        return d.addCallbacks(_check, failed)
 
     # commands ---------------------------------------------------------------------------------
 
-    async def set(self, value: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
-                  key: str | None = None, ttl: int | None = None, previous_seq: int | None = None,
-                  msg_id: str | None = None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-        reply = await self.request("set", raw=encode(value, encoding) if raw is None else raw, encoding=encoding,
-                                   key=key, ttl=ttl, previousSeq=previous_seq, msgID=msg_id, headers=headers)
-        return dict(reply.data)
+    def set(self, value: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
+            key: str | None = None, ttl: int | None = None, previous_seq: int | None = None,
+            msg_id: str | None = None, headers: dict[str, Any] | None = None) -> Deferred[dict[str, Any]]:
+        """Append (or replace ``key``); fires with ``{seq, time}`` once stored."""
+        try:
+            body = encode(value, encoding) if raw is None else raw
+        except Exception as e:
+            return fail(e)
+        reply = self.request("set", raw=body, encoding=encoding, key=key, ttl=ttl, previousSeq=previous_seq,
+                             msgID=msg_id, headers=headers)
+        return reply.addCallback(lambda r: dict(r.data))
 
     async def set_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Items ``{key?, ttl?, previousSeq?, msgID?, messageData: {encoding, raw, headers?}}``,

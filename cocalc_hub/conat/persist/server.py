@@ -13,10 +13,10 @@ refuses subjects of another scope).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cocalc_hub.conat.client import Client
 
 log = Logger()
+T = TypeVar("T")
 
 MAX_PER_USER = 500
 MAX_GLOBAL = 10_000
@@ -199,8 +200,22 @@ class Session:
 
     # requests ---------------------------------------------------------------------------------
 
-    async def on_request(self, msg: Message) -> None:
+    def on_request(self, msg: Message) -> Deferred[None]:
         headers = msg.headers or {}
+        stream = self.stream
+        if headers.get("cmd") == "set" and stream is not None and self.error is None and self.ready.called:
+            # the write path, without the coroutines of the general one
+            d: Deferred[Any]
+            try:
+                result = stream.set(_set_request(msg.raw, msg.encoding, headers.get("headers"), headers))
+                d = result if isinstance(result, Deferred) else ensureDeferred(_awaited(result))
+            except ConatError as e:
+                d = fail(e)
+            return d.addCallbacks(msg.respond_sync,
+                                  lambda f: ensureDeferred(self._answer_error(msg, "set", f.value)))
+        return ensureDeferred(self._request(msg, headers))
+
+    async def _request(self, msg: Message, headers: dict[str, Any]) -> None:
         cmd = headers.get("cmd")
         try:
             if cmd == "serverId":
@@ -227,13 +242,16 @@ class Session:
             else:
                 msg.respond_sync(result)
         except Exception as e:
-            error = e if isinstance(e, ConatError) else ConatError(str(e))
-            if not isinstance(e, ConatError):
-                log.failure("persist: {cmd} on {s} failed", cmd=cmd, s=self.sock.subject)
-            try:
-                await msg.respond(None, headers=_error_headers(error))
-            except ConatError:
-                pass  # the requester is gone
+            await self._answer_error(msg, cmd, e)
+
+    async def _answer_error(self, msg: Message, cmd: Any, e: BaseException) -> None:
+        error = e if isinstance(e, ConatError) else ConatError(str(e))
+        if not isinstance(e, ConatError):
+            log.failure("persist: {cmd} on {s} failed", cmd=cmd, s=self.sock.subject)
+        try:
+            await msg.respond(None, headers=_error_headers(error))
+        except ConatError:
+            pass  # the requester is gone
 
     async def wait_ready(self, timeout_ms: Any) -> None:
         if self.ready.called:
@@ -272,6 +290,10 @@ class Session:
             if self.feed:
                 stream.remove_listener(self.changed)
             await stream.close()
+
+
+async def _awaited(value: Awaitable[T]) -> T:
+    return await value
 
 
 class Reply:

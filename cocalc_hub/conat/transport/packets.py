@@ -60,14 +60,23 @@ def _placeholder(num: int) -> dict[str, Any]:
     return {"_placeholder": True, "num": num}
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def deconstruct(value: Any, buffers: list[bytes]) -> Any:
-    """Replace bytes anywhere in ``value`` by placeholders, collecting them in order."""
+    """Replace bytes anywhere in ``value`` by placeholders, collecting them in order.
+    (Scalars are passed over without a call: this runs for every message sent.)"""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is list or t is tuple:
+        return [v if type(v) in _SCALARS else deconstruct(v, buffers) for v in value]
+    if t is dict:
+        return {k: v if type(v) in _SCALARS else deconstruct(v, buffers) for k, v in value.items()}
     if isinstance(value, (bytes, bytearray, memoryview)):
         buffers.append(bytes(value))
         return _placeholder(len(buffers) - 1)
-    if isinstance(value, list):
-        return [deconstruct(v, buffers) for v in value]
-    if isinstance(value, tuple):
+    if isinstance(value, (list, tuple)):
         return [deconstruct(v, buffers) for v in value]
     if isinstance(value, dict):
         return {k: deconstruct(v, buffers) for k, v in value.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +58,9 @@ class Stream(ABC):
     ephemeral: bool
 
     @abstractmethod
-    async def set(self, req: SetRequest) -> dict[str, Any]:
-        """Store one message: ``{"seq", "time"}``; raises ConatError(msg, code)."""
+    def set(self, req: SetRequest) -> Awaitable[dict[str, Any]]:
+        """Store one message: ``{"seq", "time"}``; fails with ConatError(msg, code).
+        (Not a coroutine: every write takes this path, and a Deferred costs less.)"""
 
     @abstractmethod
     async def set_many(self, reqs: list[SetRequest]) -> list[dict[str, Any]]:

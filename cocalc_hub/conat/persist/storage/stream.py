@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -212,9 +212,11 @@ class QueuedStream(Stream):
         d.addBoth(settle)
         return d
 
-    async def set(self, req: SetRequest) -> dict[str, Any]:
-        result: dict[str, Any] = await self._submit(req)
-        return result
+    def set(self, req: SetRequest) -> Deferred[dict[str, Any]]:
+        try:
+            return self._submit(req)
+        except ConatError as e:
+            return fail(e)
 
     async def set_many(self, reqs: list[SetRequest]) -> list[dict[str, Any]]:
         pending: list[Deferred[dict[str, Any]] | ConatError] = []
