@@ -28,6 +28,7 @@ from cocalc_hub.projects.client import ProjectClient, ProjectClientService
 from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
 from cocalc_hub.projects.operations import Projects
 from cocalc_hub.projects.publish import StatePublisher
+from cocalc_hub.projects.status import StatusRecorder
 from cocalc_hub.proxy.access import ProxyAccess
 from cocalc_hub.proxy.conat_forward import ConatForwardResource
 from cocalc_hub.proxy.core import Proxy, ProxyService
@@ -352,6 +353,12 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
 
         # After the broker it uses (so stopped before it): streams are flushed and closed first.
         PersistService(settings, reactor, hub.conat_client).setServiceParent(hub)
+    if hub.projects is not None and hub.projects.manager is not None:
+        # Each project's current state in its DKV project-status, besides the live events.
+        # After the broker and persist server it writes to, so it is stopped before them.
+        recorder = StatusRecorder(hub.conat_client, reactor)
+        hub.projects.manager.listeners.append(recorder)
+        recorder.setServiceParent(hub)
     if settings.serves_http:
         web = build_web(settings, reactor)
         hub.web_parts = web

@@ -3,7 +3,9 @@
 Requests are ``[name, args]`` (``client.service``); the broker only lets the project's
 owners and collaborators (and the hub) publish there, so every caller gets every function.
 Errors come back as conat errors with an HTTP-like ``code`` (400 bad arguments, 403
-outside HOME, 404 missing, 413 too large, 422 non-zero exit, 504 timeout).
+outside HOME, 404 missing, 413 too large, 422 non-zero exit, 504 timeout). Each command
+``exec`` starts is told to the ``ended`` listeners once it has finished (the project's exec
+log in persist, :mod:`.records`).
 
 =============================  ================================================================
 ``ping()``                     ``{pong: true, project_id, pid, start_ts (ms), now (ms)}``
@@ -26,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import threads
+from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.project import files
-from cocalc_hub.project.jobs import ExecError, Jobs
+from cocalc_hub.project.jobs import ExecError, Job, Jobs
+
+log = Logger()
 
 MAX_ERROR_OUTPUT = 2000
 
@@ -48,6 +53,8 @@ class ProjectApi:
             "readFile": (self.read_file, 1, 2),
             "writeFile": (self.write_file, 2, 2),
         }
+        self.ended: list[Callable[[Job], None]] = []
+        """Told of each job ``exec`` started, once it has ended."""
 
     async def handle(self, name: str, args: list[Any], msg: Any = None) -> Any:
         """The ``client.service`` handler: known errors become ConatErrors with a code."""
@@ -76,7 +83,17 @@ class ProjectApi:
     async def exec(self, opts: Any) -> dict[str, Any]:
         if not isinstance(opts, dict):
             raise ConatError("exec takes one object of options, e.g. {command: 'ls', args: ['-l']}", 400)
-        return await self.jobs.handle(opts)
+        return await self.jobs.handle(opts, on_spawn=self._spawned)
+
+    def _spawned(self, job: Job) -> None:
+        def ended(_: None) -> None:
+            for listener in list(self.ended):
+                try:
+                    listener(job)
+                except Exception:
+                    log.failure("exec listener failed")
+
+        job.wait().addCallback(ended)
 
     async def listing(self, path: Any = None, hidden: Any = True) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = await threads.deferToThread(files.listing, self.home, path, bool(hidden))

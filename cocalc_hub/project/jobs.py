@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,18 @@ def _setsid_prefix() -> list[str]:
 
 
 class Job(ProcessProtocol):
-    def __init__(self, jobs: Jobs, job_id: str, max_output: int, timeout: float, script: Path | None) -> None:
+    def __init__(self, jobs: Jobs, job_id: str, max_output: int, timeout: float, script: Path | None, *,
+                 command: str = "", args: list[str] | None = None, cwd: Path | None = None) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.max_output = max_output
         self.timeout = timeout
         self.script = script
+        self.command = command
+        self.args = args or []
+        """As the caller gave them (a bash script is the command, with no args)."""
+        self.cwd = cwd or jobs.home
+        self.timed_out = False
         self.start = time.time()
         self.ended_at: float | None = None
         self.stdout = bytearray()
@@ -100,6 +106,7 @@ class Job(ProcessProtocol):
     def _timed_out(self) -> None:
         self._timer = None
         if self.status == "running":
+            self.timed_out = True
             self.error = f"command timed out after {self.timeout:g} seconds"
             self.kill()
 
@@ -240,7 +247,8 @@ class Jobs:
 
     # running ----------------------------------------------------------------------------
 
-    def spawn(self, params: Mapping[str, Any], *, background: bool) -> Job:
+    def spawn(self, params: Mapping[str, Any], *, background: bool,
+              on_spawn: Callable[[Job], None] | None = None) -> Job:
         if len(self.running) >= MAX_RUNNING_JOBS:
             raise ExecError(429, f"at most {MAX_RUNNING_JOBS} commands may run at once")
         timeout = self._number(params, "timeout", 0.0 if background else DEFAULT_TIMEOUT, MAX_TIMEOUT,
@@ -250,10 +258,13 @@ class Jobs:
         env = self._environment(params.get("env"))
         job_id = str(uuid.uuid4())
         argv, script = self._argv(params, cwd, env, job_id)
-        job = Job(self, job_id, max_output, timeout, script)
+        job = Job(self, job_id, max_output, timeout, script, command=str(params.get("command")),
+                  args=[] if script is not None else list(params.get("args") or []), cwd=cwd)
         full = [*self.prefix, *argv]
         self.reactor.spawnProcess(job, full[0], full, env=env, path=str(cwd))
         self.running[job_id] = job
+        if on_spawn is not None:
+            on_spawn(job)
         return job
 
     def finished(self, job: Job) -> None:
@@ -262,8 +273,10 @@ class Jobs:
         while len(self.done) > KEEP_FINISHED_JOBS:
             self.done.popitem(last=False)
 
-    async def handle(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """One exec request: synchronous, ``async_call`` or ``async_get``."""
+    async def handle(self, params: Mapping[str, Any],
+                     on_spawn: Callable[[Job], None] | None = None) -> dict[str, Any]:
+        """One exec request: synchronous, ``async_call`` or ``async_get``. ``on_spawn`` is
+        told of the job a request started (the conat API logs it once it has ended)."""
         job_id = params.get("async_get")
         if job_id is not None:
             if not isinstance(job_id, str):
@@ -281,8 +294,8 @@ class Jobs:
                     pass
             return job.result("async")
         if params.get("async_call"):
-            return self.spawn(params, background=True).result("async")
-        job = self.spawn(params, background=False)
+            return self.spawn(params, background=True, on_spawn=on_spawn).result("async")
+        job = self.spawn(params, background=False, on_spawn=on_spawn)
         await job.wait()
         result = job.result("blocking")
         if job.error:

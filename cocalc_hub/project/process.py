@@ -100,6 +100,7 @@ def warm_up() -> None:
     import cocalc_hub.project.conat_link  # noqa: F401
     import cocalc_hub.project.jobs  # noqa: F401
     import cocalc_hub.project.raw  # noqa: F401
+    import cocalc_hub.project.records  # noqa: F401
     import cocalc_hub.project.server  # noqa: F401
 
     email.message.EmailMessage()["content-type"] = "application/json; charset=utf-8"

@@ -1,5 +1,6 @@
 """The project program: set up the process, serve raw files and exec, tell the hub it is ready,
-then join the hub's conat broker (answering the project API there)."""
+then join the hub's conat broker (answering the project API there, and keeping its info and
+exec log in persist: :mod:`.records`)."""
 
 from __future__ import annotations
 
@@ -118,11 +119,30 @@ def join_conat(reactor: Any, env: Mapping[str, str], home: Path, jobs: Jobs, sta
     """Answer the project API on the hub's conat broker, if the hub said where it is."""
     from cocalc_hub.project.api import ProjectApi
     from cocalc_hub.project.conat_link import start_link
+    from cocalc_hub.project.records import ProjectRecords, project_info
 
-    api = ProjectApi(project_id=env["COCALC_PROJECT_ID"], home=home, jobs=jobs, started=started)
+    project_id = env["COCALC_PROJECT_ID"]
+    api = ProjectApi(project_id=project_id, home=home, jobs=jobs, started=started)
     link = start_link(reactor, env, api.handle, started)
-    if link is not None:
-        reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(link.stop()))
+    if link is None:
+        return
+    # project-info and exec-log in persist, opened once joined; nothing waits for them
+    records = ProjectRecords(reactor, project_id, project_info(home, started))
+    api.ended.append(records.exec_ended)
+
+    def joined_or_left(what: str) -> None:
+        if what == "joined" and link.client is not None:
+            records.joined(link.client)
+        else:
+            records.left()
+
+    link.listeners.append(joined_or_left)
+
+    async def stop() -> None:
+        records.close()
+        await link.stop()
+
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
 
 
 def reap_orphans(reactor: Any) -> None:

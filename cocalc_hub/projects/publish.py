@@ -5,7 +5,9 @@ accepted (``opened``, ``starting``, ``running``, ``stopping``, ``error``) is pub
 ``project.<project_id>.0.state.-`` as ``{state, time, error?, source: "hub", project_id}``;
 the project program publishes its own events there too (``source: "project"``). Owners
 and collaborators may subscribe (spec §5.4). Publishing is fire and forget: it never waits,
-and a failure is logged, never raised into the transition that caused it.
+and a failure is logged, never raised into the transition that caused it. Subscribers see
+only what happens while they listen; the latest state is also kept in the project's DKV
+``project-status`` (:mod:`.status`) for clients that connect later.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from cocalc_hub.conat.persist.dstream import DKV, DStream
 from cocalc_hub.conat.persist.server import PersistServer, check_path, java_hash, server_for
 from cocalc_hub.conat.persist.storage.memory import MemoryBackend
 from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+from cocalc_hub.conat.socket import SocketClient
 from tests.support import settings_for, start_hub, until
 
 A = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -168,6 +169,24 @@ class CommandTests(PersistCase):
         # the hub may use any path
         hub = await self.open("hub/anything", HUB_USER)
         self.assertEqual((await hub.set(1))["seq"], 1)
+
+    async def test_a_request_waiting_for_the_stream_ends_with_its_session(self) -> None:
+        server = await self.start_server()
+
+        async def server_id() -> str:
+            return server.id
+
+        sock = SocketClient(self.client(account_user(A)), f"persist.account-{A}", server_id=server_id,
+                            reconnection=False)
+        self.addCleanup(sock.close)
+        await sock.connect()
+        # no storage message yet: the request waits for the stream to open
+        pending = sock.request(None, headers={"cmd": "inventory"}, timeout=60)
+        await until(lambda: any(session.ready.callbacks for session in server.sessions))  # it waits
+        for s in list(server.sockets.sockets.values()):
+            s.close("dropped by the test")
+        reply = await pending.addTimeout(5, reactor)  # at once, not after the 30 s open timeout
+        self.assertEqual((reply.headers or {}).get("code"), 503)
 
     async def test_open_stream_limits(self) -> None:
         server = await self.start_server(max_per_user=2, max_global=3)

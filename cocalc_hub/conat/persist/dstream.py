@@ -5,6 +5,10 @@ increasing sequence numbers, and every copy learns of them through the changefee
 :class:`DKV` is last-write-wins keys on the same machinery (each key's newest row is its
 value; deleting writes a tombstone). Both keep a local copy; after a lost session they
 fetch everything past the last sequence number they saw, so nothing is lost or repeated.
+
+Used by the hub (each project's DKV ``project-status``, :mod:`cocalc_hub.projects.status`)
+and by the project program (DKV ``project-info``, DStream ``exec-log``,
+:mod:`cocalc_hub.project.records`).
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ class Session:
                 self.sock.write(None, headers=_error_headers(self.error))
             except ConatError:
                 pass
-        self.ready.callback(None)
+        if not self.ready.called:  # closed meanwhile: closed() has released the waiters
+            self.ready.callback(None)
 
     def start_changefeed(self) -> None:
         if self.feed or self.stream is None:
@@ -279,6 +280,11 @@ class Session:
             await msg.respond(None, headers={"error": str(error), "seq": n})
 
     async def closed(self) -> None:
+        if not self.ready.called:
+            # requests waiting for the stream to open must not wait (and hold a timer) for
+            # a session that is gone
+            self.error = self.error or ConatError("the persist session was closed", 503)
+            self.ready.callback(None)
         if self.feed_timer is not None and self.feed_timer.active():
             self.feed_timer.cancel()
         self.feed_timer = None
