@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/bench_persist.py [--runs 3] [--seconds 5] [--messages 100000] [--cycles 20]
 
 Real processes throughout: ``twistd cocalc-hub`` (DATA in a temporary directory; SQLite
-stream files under DATA/sync, WAL with synchronous=FULL and group commit) and this
-project's persist client (benchmarks/persist_client.py) in its own process, talking through
-the broker's WebSocket. Figures:
+stream files under DATA/sync, WAL with synchronous=FULL and group commit) and persist
+clients in their own processes, talking through the broker's WebSocket: this project's
+(benchmarks/persist_client.py) and, when node and tests/node/node_modules are there, one
+written from the protocol spec on npm socket.io-client (benchmarks/node/bench_persist.js).
+Figures:
 
-* acknowledged writes/s into one stream: ``set`` requests with 256 in flight (each one a
-  conat request answered after its transaction committed), and ``setMany`` of 500;
+* acknowledged writes/s into one stream: ``set`` requests with 256 or 512 in flight (each
+  one a conat request answered after its transaction committed; the node client checks at
+  the end that the stream holds every acknowledged write), and ``setMany`` of 500;
   target >= 10 000/s;
 * getAll of ``--messages`` 1 KB messages: time, and the hub's and the client's memory while
   it streams (both must stay far below the stream's size);
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -41,6 +45,8 @@ from support import Hub, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = str(ROOT / "benchmarks" / "persist_client.py")
+NODE_CLIENT = str(ROOT / "benchmarks" / "node" / "bench_persist.js")
+NODE_MODULES = ROOT / "tests" / "node" / "node_modules" / "socket.io-client"
 TARGET_WRITES = 10_000
 
 
@@ -61,20 +67,49 @@ def parallel(hub: Hub, count: int, *args: Any) -> float:
     return sum(r["rate"] for r in results)
 
 
+def run_node(hub: Hub, path: str, seconds: float, inflight: int) -> dict[str, Any]:
+    proc = subprocess.run(["node", NODE_CLIENT, "write", hub.url, f"hub_password={hub.password}", path, str(seconds),
+                           str(inflight)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "BENCH_HUB_PID": str(hub.pid)})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench_persist.js failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+    result = dict(json.loads(lines[-1]))
+    if result["errors"] or result["stored"] != result["total_acked"]:
+        raise RuntimeError(f"acknowledged writes missing or refused: {result}")
+    return result
+
+
 def writes(args: argparse.Namespace) -> None:
     print(f"## acknowledged writes into one stream (SQLite, synchronous=FULL); target >= {TARGET_WRITES}/s")
-    print("   (one Python client process is CPU-bound near 6 000 requests/s; the hub is not, so more")
-    print("   client processes writing the same stream show what the hub sustains)")
+    print("   node: a persist client on npm socket.io-client (benchmarks/node/bench_persist.js), as")
+    print("   browsers and projects talk to persist; python: this project's client, which is CPU-bound")
+    print("   itself (2 cores here, shared with the hub), so several processes show what the hub sustains")
     hub = Hub()
     try:
-        cases = [(f"set, {n} client{'s' if n > 1 else ''} x {256 // n} in flight", n, "write", 256 // n)
-                 for n in (1, 2, 3)] + [("setMany of 500, 1 client", 1, "setmany", 500)]
-        for i, (label, n, mode, extra) in enumerate(cases):
-            rates = [parallel(hub, n, mode, f"hub/bench/{mode}-{i}-{run}", args.seconds, extra)
-                     for run in range(args.runs)]
+        node = shutil.which("node") is not None and NODE_MODULES.is_dir()
+        cases: list[tuple[str, Any]] = []
+        if node:
+            for inflight in (256, 512):
+                cases.append((f"set, node client x {inflight} in flight",
+                              lambda path, n=inflight: run_node(hub, path, args.seconds, n)))
+        else:
+            print("   (node or tests/node/node_modules missing: node cases skipped)")
+        for n in (1, 2, 3):
+            cases.append((f"set, {n} python client{'s' if n > 1 else ''} x {256 // n} in flight",
+                          lambda path, n=n: {"rate": parallel(hub, n, "write", path, args.seconds, 256 // n)}))
+        cases.append(("setMany of 500, 1 python client",
+                      lambda path: {"rate": parallel(hub, 1, "setmany", path, args.seconds, 500)}))
+        for i, (label, run_case) in enumerate(cases):
+            results = [run_case(f"hub/bench/w{i}-{run}") for run in range(args.runs)]
+            rates = [r["rate"] for r in results]
             med = statistics.median(rates)
-            print(f"{label:34s} {med:9.0f} writes/s   runs: {', '.join(f'{r:.0f}' for r in rates)}   "
-                  f"{'ok' if med >= TARGET_WRITES else 'below target'}")
+            cpu = ""
+            if "hub_cpu" in results[0]:
+                cpu = (f"   hub CPU {statistics.median(r['hub_cpu'] for r in results):.2f} cores, client "
+                       f"{statistics.median(r['client_cpu'] for r in results):.2f}")
+            print(f"{label:38s} {med:9.0f} writes/s   runs: {', '.join(f'{r:.0f}' for r in rates)}   "
+                  f"{'ok' if med >= TARGET_WRITES else 'below target'}{cpu}")
     finally:
         hub.stop()
 

@@ -241,6 +241,36 @@ class CommandTests(PersistCase):
         self.assertEqual([m.raw async for b in p.get_all() for m in b], [encode("before"), encode("after")])
 
 
+    async def test_writes_in_flight_to_a_dead_server_fail_fast_and_the_session_is_rebuilt(self) -> None:
+        # A persist process killed with -9: its connection (and so its subscriptions) vanish
+        # without a word to its sockets' clients, and nothing answers what was in flight.
+        server = await self.start_server()
+        p = await self.open(f"accounts/{A}/dead")
+        await p.set("before")
+        (session,) = server.sessions
+        stream = session.stream
+        assert stream is not None
+        stuck: list[defer.Deferred[Any]] = []
+        stream.set = lambda req: stuck.append(defer.Deferred()) or stuck[-1]  # type: ignore[method-assign]
+        in_flight = [p.set(i) for i in range(5)]
+        await until(lambda: len(stuck) == 5)
+        server.client.transport.close()  # the broker drops its connection and subscriptions
+        rebuilt: list[int] = []
+        p.on_rebuilt = lambda: rebuilt.append(1)
+        start = reactor.seconds()
+        results = await defer.DeferredList(in_flight, consumeErrors=True)
+        waited = reactor.seconds() - start
+        errors = [r.value for ok, r in results if not ok]
+        self.assertEqual([(type(e), e.code) for e in errors], [(ConatError, 503)] * 5)
+        self.assertIn("session was lost", str(errors[0]))
+        self.assertLess(waited, 4, "requests to a dead server waited for their timeout")
+        del stream.set  # type: ignore[method-assign]  # (the backend shares this stream with the next server)
+        await self.start_server()
+        await until(lambda: bool(rebuilt), timeout=10)
+        await p.set("after")
+        self.assertEqual([m.raw async for b in p.get_all() for m in b], [encode("before"), encode("after")])
+
+
 class DStreamTests(PersistCase):
     async def test_dstream_and_dkv_copies_agree(self) -> None:
         await self.start_server()

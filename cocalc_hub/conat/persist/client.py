@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -20,13 +20,17 @@ from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.message import MSGPACK, Message, Replies, encode
 from cocalc_hub.conat.persist.storage.base import StoredMessage
 from cocalc_hub.conat.socket import SocketClient
+from cocalc_hub.conat.socket.tcp import CMD
 
 if TYPE_CHECKING:
     from cocalc_hub.conat.client import Client
 
 log = Logger()
 
-REBUILD_FIRST, REBUILD_FACTOR, REBUILD_MAX, STABLE = 1.5, 1.8, 30.0, 60.0
+REBUILD_FIRST, REBUILD_FACTOR, REBUILD_MAX = 1.5, 1.8, 30.0
+STALL = 1.0
+"""Seconds with requests outstanding and no answer before the server is probed: a persist
+process that died leaves its requests unanswered, and only the broker knows it is gone."""
 SET_MANY_BATCH = 500
 
 
@@ -73,10 +77,16 @@ class PersistClient:
         self.on_events: Callable[[list[dict[str, Any]]], None] | None = None
         self.on_rebuilt: Callable[[], Any] | None = None
         self._delay = REBUILD_FIRST
-        self._connected_at = 0.0
         self._rebuilding = False
         self._reading: set[Replies] = set()
         """getAll replies being read: ended by close()."""
+        self._pending: set[Deferred[Message]] = set()
+        """Requests of the current session waiting for their answer: failed at once when
+        the session is lost (their server will never answer) or the client is closed."""
+        self._answered_at = 0.0
+        self._watchdog: Any = None
+        self._sleeping: Deferred[None] | None = None
+        """The pause before the next rebuild attempt: cancelled by close()."""
 
     # the session ------------------------------------------------------------------------------
 
@@ -96,7 +106,6 @@ class PersistClient:
         await sock.connect()
         sock.write({"storage": {"path": self.path, **({"ephemeral": True} if self.ephemeral else {})},
                     "changefeed": self.changefeed})
-        self._connected_at = self.reactor.seconds()
         # the server answers requests only once the stream is open; a failed open is fatal
         await self.inventory()
 
@@ -111,11 +120,10 @@ class PersistClient:
             self.on_events(msg.data)
 
     def _lost(self, reason: str) -> None:
+        self._fail_pending()
         if self.closed or self.fatal is not None or self._rebuilding:
             return
         log.info("persist {p}: session lost ({r}); rebuilding", p=self.path, r=reason)
-        if self.reactor.seconds() - self._connected_at > STABLE:
-            self._delay = REBUILD_FIRST
         self._rebuilding = True
         ensureDeferred(self._rebuild()).addErrback(lambda f: log.failure("persist: rebuild failed", f))
 
@@ -124,7 +132,13 @@ class PersistClient:
             while not self.closed:
                 delay = self._delay * random.uniform(0.75, 1.25)
                 self._delay = min(self._delay * REBUILD_FACTOR, REBUILD_MAX)
-                await task.deferLater(self.reactor, delay, lambda: None)
+                self._sleeping = task.deferLater(self.reactor, delay, lambda: None)
+                try:
+                    await self._sleeping
+                except CancelledError:
+                    return  # closed
+                finally:
+                    self._sleeping = None
                 if self.is_closed():
                     return
                 try:
@@ -139,6 +153,9 @@ class PersistClient:
                         self.sock.on_close.clear()
                         self.sock.close()
                     continue
+                # back to the first delay once a session stands again (a server that keeps
+                # failing is retried every REBUILD_FIRST seconds, not ever more slowly)
+                self._delay = REBUILD_FIRST
                 break
         finally:
             self._rebuilding = False
@@ -162,14 +179,59 @@ class PersistClient:
         headers = {"cmd": cmd, **{k: v for k, v in params.items() if v is not None}}
         sock = self.sock
 
+        def answered(reply: Message) -> Message:
+            self._pending.discard(d)
+            self._answered_at = self.reactor.seconds()
+            return _check(reply)
+
         def failed(f: Failure) -> Failure:
+            self._pending.discard(d)
             if isinstance(f.value, ConatError) and f.value.code == 503 and sock.state != "closed":
                 # nobody listens on our server's subject any more: that server is gone
                 sock.close("the persist server is gone", notify=False)
+            if self.fatal is not None:  # the server refused the stream and closed the session
+                return Failure(self.fatal)
+            if self.closed:
+                return Failure(ConatError("persist client is closed"))
+            if sock.state == "closed":  # cancelled by _fail_pending, or failed because of it
+                return Failure(ConatError("the persist session was lost; the request may or may not "
+                                          "have been carried out", 503))
             return f
 
+        if not self._pending:
+            self._answered_at = self.reactor.seconds()
         d = sock.request(data, headers=headers, raw=raw, encoding=encoding, timeout=timeout or self.timeout)
-        return d.addCallbacks(_check, failed)
+        self._pending.add(d)
+        self._watch()
+        return d.addCallbacks(answered, failed)
+
+    def _watch(self) -> None:
+        if self._watchdog is None or not self._watchdog.active():
+            self._watchdog = self.reactor.callLater(STALL, self._check_stall)
+
+    def _check_stall(self) -> None:
+        """Requests outstanding and nothing answered for STALL seconds: ask the broker
+        whether our server still listens (a 503 means its process is gone)."""
+        self._watchdog = None
+        sock = self.sock
+        if not self._pending or sock is None or sock.state == "closed" or self.closed:
+            return
+        if self.reactor.seconds() - self._answered_at >= STALL:
+
+            def probed(f: Failure) -> None:
+                if isinstance(f.value, ConatError) and f.value.code == 503 and sock.state != "closed":
+                    sock.close("the persist server is gone", notify=False)
+
+            sock.request(None, headers={CMD: "ping"}, timeout=STALL * 10).addCallbacks(lambda _: None, probed)
+        self._watch()
+
+    def _fail_pending(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        pending, self._pending = self._pending, set()
+        for d in pending:
+            d.cancel()
 
     # commands ---------------------------------------------------------------------------------
 
@@ -256,6 +318,9 @@ class PersistClient:
         self.closed = True
         for replies in list(self._reading):
             replies.close()
+        self._fail_pending()
+        if self._sleeping is not None:
+            self._sleeping.cancel()
         if self.sock is not None:
             self.sock.on_close.clear()
             self.sock.close()
