@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor, threads
 from twisted.internet.task import Clock
@@ -12,6 +12,9 @@ from twisted.trial import unittest
 
 from cocalc_hub.conat.persist.storage.base import Backend, SetRequest
 from tests.db.support import PG_URL, require_postgres
+
+if TYPE_CHECKING:
+    from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
 
 START = 1_700_000_000.0  # fake clock start, seconds
 
@@ -57,7 +60,11 @@ async def pg_schema(case: unittest.TestCase) -> str:
     return schema
 
 
-def make_postgres(case: unittest.TestCase, clock: Clock, schema: str) -> Backend:
+def make_postgres(case: unittest.TestCase, clock: Clock, schema: str, **kw: Any) -> PostgresBackend:
+    """A backend on ``schema``, closed before the schema is dropped (trial runs cleanups,
+    last added first, before tearDown)."""
     from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
 
-    return PostgresBackend(PG_URL, reactor, clock.seconds, schema=schema)
+    backend = PostgresBackend(PG_URL, reactor, clock.seconds, schema=schema, **kw)
+    case.addCleanup(backend.close)
+    return backend
