@@ -234,6 +234,14 @@ class NotifyTests(unittest.TestCase):
         self.assertHistories(ea, eb)
         self.assertEqual(len([x for x in lines if x.startswith("persist: lost")]), 1)
         self.assertEqual(len([x for x in lines if "back after" in x]), 1)
+        # a second outage is a new one: its own warning and its own "back" line
+        pid = b.listener_pid
+        await threads.deferToThread(_admin, f"SELECT pg_terminate_backend({pid})")
+        await wait_until(lambda: b.listener_pid is None, what="the listener to notice again")
+        await sa.set(req(b"during the second outage"))
+        await wait_until(lambda: eb[-1:] == ea[-1:], what="the second catch-up")
+        self.assertEqual(len([x for x in lines if x.startswith("persist: lost")]), 2)
+        self.assertEqual(len([x for x in lines if "back after" in x]), 2)
 
     async def test_deletes_pruned_from_the_log_still_reach_listeners(self) -> None:
         a, b = await self.backends(2, listen_retry=3.0, delete_log_seconds=1.0)

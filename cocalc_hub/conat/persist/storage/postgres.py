@@ -34,17 +34,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import select
-import socket
-import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -54,6 +49,7 @@ from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
 from cocalc_hub.conat.persist.storage.common import Session, delete_event
 from cocalc_hub.conat.persist.storage.memory import memory_stream
+from cocalc_hub.conat.persist.storage.pg_listen import CHANNEL, Listener
 from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store, WorkerThreads
 from cocalc_hub.db.postgres import Connections
 
@@ -78,14 +74,11 @@ CREATE TABLE IF NOT EXISTS persist_deletes (
 """
 _SCHEMA_LOCK = 0x636F63616C6370  # advisory lock id: concurrent hubs create the tables once
 _SELECT = "SELECT seq, key, time, headers, encoding, raw, ttl FROM persist_messages"
-CHANNEL = "cocalc_persist"
 DELETE_LOG_SECONDS = 24 * 3600.0
 PRUNE_EVERY = 64  # delete ids between prunings of a stream's delete log
 SYNC_ROWS, SYNC_BYTES = 1000, 8_000_000  # at most this much per catch-up; the next one goes on
 SYNC_RETRY, SYNC_RETRY_MAX = 0.5, 30.0  # a failed catch-up is retried (doubling) after this
-LISTEN_RETRY, LISTEN_RETRY_MAX = 0.05, 5.0  # listener reconnection backoff, seconds
-LISTEN_STABLE = 10.0  # a connection that lived this long resets the backoff
-IDLE_CHECK = 30.0  # seconds without traffic before the listener checks its connection
+LISTEN_RETRY = 0.05  # first listener reconnection delay, seconds (doubling; see pg_listen)
 
 
 def _message(row: Any) -> StoredMessage:
@@ -450,84 +443,6 @@ class PgStream(QueuedStream):
         await super().shutdown()
 
 
-class _Listener:
-    """LISTEN on a dedicated connection in its own thread; payloads go to the reactor in batches.
-    Reconnects with backoff (one log line per outage); after every (re)connection the backend
-    makes its streams catch up."""
-
-    def __init__(self, backend: PostgresBackend, retry: float) -> None:
-        self.backend = backend
-        self.reactor = backend.reactor
-        self.retry = retry
-        self.pid: int | None = None  # the listening connection's backend pid, while connected
-        self._stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._main, name="cocalc-hub-persist-listen", daemon=True)
-        self._trigger: Any = self.reactor.addSystemEventTrigger("during", "shutdown", self._signal)
-        self._thread.start()
-
-    def _signal(self) -> None:
-        self._stopping.set()
-        self._wake_w.send(b"x")
-
-    async def stop(self) -> None:
-        """Stop and join the thread (joined in a pool thread: never on the reactor)."""
-        if self._trigger is not None:
-            self.reactor.removeSystemEventTrigger(self._trigger)
-            self._trigger = None
-        self._signal()
-        await self.backend.run(self._thread.join)
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def _main(self) -> None:
-        delay, lost_at = self.retry, None
-        while not self._stopping.is_set():
-            began = time.monotonic()
-            try:
-                conn = self.backend.listen_connection()
-                with conn:
-                    self._serve(conn, lost_at)
-                return  # stopping
-            except Exception as e:  # psycopg.Error, OSError from select, ...
-                self.pid = None
-                if self._stopping.is_set():
-                    return
-                if lost_at is None:
-                    lost_at = time.monotonic()
-                    error = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    self.reactor.callFromThread(
-                        log.warn, "persist: lost the PostgreSQL notification connection ({error}); reconnecting with"
-                        " backoff, open streams catch up when it is back", error=error)
-                delay = self.retry if time.monotonic() - began > LISTEN_STABLE else delay
-                self._stopping.wait(delay)
-                delay = min(delay * 2, LISTEN_RETRY_MAX)
-
-    def _serve(self, conn: psycopg.Connection[Any], lost_at: float | None) -> None:
-        pending: list[str] = []
-        conn.add_notify_handler(lambda n: pending.append(n.payload))  # those that come during execute()
-        conn.execute("LISTEN cocalc_persist")
-        self.pid = conn.info.backend_pid
-        outage = None if lost_at is None else time.monotonic() - lost_at
-        self.reactor.callFromThread(self.backend.listening, outage)
-        pg = conn.pgconn
-        while True:
-            if pending:
-                self.reactor.callFromThread(self.backend.notified, pending[:])
-                pending.clear()
-            ready, _, _ = select.select([pg.socket, self._wake_r.fileno()], [], [], IDLE_CHECK)
-            if self._stopping.is_set():
-                return
-            if not ready:
-                conn.execute("SELECT 1")  # is the connection still there?
-                continue
-            pg.consume_input()  # raises once the server has gone
-            while (n := pg.notifies()) is not None:
-                pending.append(n.extra.decode("utf-8", "replace"))
-            if pg.status == pq.ConnStatus.BAD:
-                raise psycopg.OperationalError("connection lost")
-
-
 class PostgresBackend(OpenStreams, Backend):
     """Streams in PostgreSQL tables (created if missing; in ``schema`` if given)."""
 
@@ -552,7 +467,7 @@ class PostgresBackend(OpenStreams, Backend):
         self._ready = False
         self._schema_lock = DeferredLock()
         self._by_key: dict[str, PgStream] = {}
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
         extra: dict[str, Any] = {} if self.schema is None else {"options": f"-c search_path={self.schema}"}
@@ -611,7 +526,7 @@ class PostgresBackend(OpenStreams, Backend):
 
     def _new_stream(self, path: str) -> PgStream:
         if self._listener is None:
-            self._listener = _Listener(self, self.listen_retry)
+            self._listener = Listener(self, self.listen_retry)
         stream = PgStream(self, path)
         self._by_key[stream.key] = stream
         return stream
