@@ -9,35 +9,12 @@
 //        (prints {"ready":…} once every connection has its info, waits for a line on
 //        stdin, closes them all, prints {"closed":…})
 
-const fs = require("fs");
 const path = require("path");
 const { connect, subscribe, randomId, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
+const { now, cpuMark, cpuSince } = require(path.join(__dirname, "cpu.js"));
 
 const PAYLOAD = Buffer.alloc(100, 0x78);
 const WARMUP_MS = 1000;
-
-function now() {
-  return Number(process.hrtime.bigint()) / 1e9;
-}
-
-// CPU (in cores) used by this process and by the hub (pid in BENCH_HUB_PID) since `mark()`.
-function cpuMark() {
-  return { t: now(), self: process.cpuUsage(), hub: hubCpu() };
-}
-
-function hubCpu() {
-  const pid = process.env.BENCH_HUB_PID;
-  if (!pid) return null;
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(")").pop().trim().split(/\s+/);
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, USER_HZ = 100
-}
-
-function cpuSince(mark) {
-  const wall = now() - mark.t;
-  const self = process.cpuUsage(mark.self);
-  const hub = hubCpu();
-  return { client_cpu: (self.user + self.system) / 1e6 / wall, hub_cpu: hub === null ? null : (hub - mark.hub) / wall };
-}
 
 function print(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");

@@ -9,25 +9,14 @@
 // <in flight> `set` requests outstanding; a write counts once its reply came back without
 // an error header (the persist server answers after the transaction committed).
 
-const fs = require("fs");
 const path = require("path");
 const { connect, subscribe, listen, randomId, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
+const { now, cpuMark, cpuSince } = require(path.join(__dirname, "cpu.js"));
 
 const JSON_ENCODING = 1;
 const PAYLOAD = Buffer.from(JSON.stringify("x".repeat(98))); // 100 bytes
 const WARMUP_MS = 1000;
 const TIMEOUT_MS = 30000;
-
-function now() {
-  return Number(process.hrtime.bigint()) / 1e9;
-}
-
-function hubCpu() {
-  const pid = process.env.BENCH_HUB_PID;
-  if (!pid) return null;
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(")").pop().trim().split(/\s+/);
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, USER_HZ = 100
-}
 
 // Requests over one connection: one inbox subscription, replies matched by subject.
 function requester(conn) {
@@ -111,21 +100,17 @@ async function write(url, cookie, streamPath, seconds, inflight) {
   const loops = Array.from({ length: inflight }, loop);
   await sleep(WARMUP_MS);
   const a0 = acked;
-  const t0 = now();
-  const cpu0 = process.cpuUsage();
-  const hub0 = hubCpu();
+  const mark = cpuMark();
   await sleep(seconds * 1000);
   const a1 = acked;
-  const wall = now() - t0;
-  const cpu = process.cpuUsage(cpu0);
-  const hub1 = hubCpu();
+  const wall = now() - mark.t;
+  const cpu = cpuSince(mark);
   running = false;
   await Promise.all(loops);
   // every acknowledged write must be in the stream (nothing else writes to this path)
   const stored = parse(await call(json(null), { cmd: "inventory" })).count;
   process.stdout.write(JSON.stringify({
-    acked: a1 - a0, total_acked: acked, stored, errors, seconds: wall, rate: (a1 - a0) / wall,
-    client_cpu: (cpu.user + cpu.system) / 1e6 / wall, hub_cpu: hub0 === null ? null : (hub1 - hub0) / wall,
+    acked: a1 - a0, total_acked: acked, stored, errors, seconds: wall, rate: (a1 - a0) / wall, ...cpu,
   }) + "\n");
   conn.sock.disconnect();
 }
