@@ -21,7 +21,7 @@ Usage (in an ``async def`` run with ``ensureDeferred``)::
 from __future__ import annotations
 
 from collections.abc import Callable
-from random import getrandbits
+from os import urandom
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -52,6 +52,8 @@ __all__ = ["JSON", "MSGPACK", "Client", "ConatError", "Message", "Replies", "Sub
            "encode"]
 
 log = Logger()
+
+ID_BATCH = 256
 
 class _ServerSub:
     """One server-side subscription (a pattern), shared by local Subscription objects."""
@@ -89,6 +91,8 @@ class Client:
         self._inbox_waiters: list[Deferred[str]] = []
         self._sync_running = False
         self._last_gc = 0.0
+        self._id_pool = ""
+        self._id_pos = 0
         self.listeners: list[Callable[[str, Any], None]] = []
         """Called with ("connected" | "info" | "disconnected", detail)."""
         transport.start(self)
@@ -284,11 +288,15 @@ class Client:
             out.append(chunk)
         return out
 
-    @staticmethod
-    def _next_id() -> str:
-        """A message or reply id: 10 random alphanumerics as upstream's, several times
-        cheaper than :func:`random_id` (this runs for every message sent)."""
-        return f"{getrandbits(40):010x}"
+    def _next_id(self) -> str:
+        """A message or reply id: 10 hex digits (the shape of upstream's 10 alphanumerics).
+        Responders see our reply subjects, so the ids come from os.urandom, not from the
+        predictable ``random`` module; drawn 256 at a time, since this runs for every message."""
+        if self._id_pos >= len(self._id_pool):
+            self._id_pool, self._id_pos = urandom(ID_BATCH * 5).hex(), 0
+        start = self._id_pos
+        self._id_pos += 10
+        return self._id_pool[start:start + 10]
 
     def _prepare(self, subject: str, data: Any, raw: bytes | None, encoding: int,
                  headers: dict[str, Any] | None) -> list[list[Any]]:
