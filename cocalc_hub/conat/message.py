@@ -10,7 +10,7 @@ import json
 import string
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from random import choices
+from random import SystemRandom
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
@@ -34,8 +34,12 @@ MAX_INTEREST_TIMEOUT = 90.0
 _ALPHABET = string.ascii_letters + string.digits
 
 
+_system_random = SystemRandom()
+
+
 def random_id(n: int = 10) -> str:
-    return "".join(choices(_ALPHABET, k=n))
+    """Inbox, socket and queue ids: from os.urandom, since others see them."""
+    return "".join(_system_random.choices(_ALPHABET, k=n))
 
 
 def encode(value: Any, encoding: int = MSGPACK) -> bytes:
