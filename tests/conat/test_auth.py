@@ -5,49 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
 
-from cocalc_hub.conat.client import Client, ConatError, connect
+from cocalc_hub.conat.client import ConatError
 from tests.conat.support import sockets
-from tests.support import RunningHub, settings_for, sleep, start_hub
+from tests.members import MembersCase
+from tests.support import sleep
 from tests.web.api_client import ApiClient
 
 
-class AuthCase(unittest.TestCase):
-    timeout = 60
-    env: dict[str, str] = {}
-
+class AuthCase(MembersCase):
     async def setUp(self) -> None:  # type: ignore[override]
-        self.hub: RunningHub = start_hub(self, settings_for(self.mktemp(), env=self.env))
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        await super().setUp()
         secrets = self.hub.hub.settings.secrets_dir
         self.hub_password = (secrets / "conat-password").read_text().strip()
         self.system_password = (secrets / "conat-system-password").read_text().strip()
-        self.admin = await self.account("admin@example.com")
-        self.owner = await self.account("owner@example.com")
-        self.friend = await self.account("friend@example.com")
-        self.outsider = await self.account("outsider@example.com")
-        r = await self.owner.post("projects/create", {"title": "P"})
-        self.project: str = r.json["project_id"]
-        r = await self.owner.post("projects/collaborators/add", {"project_id": self.project,
-                                                                  "email": "friend@example.com"})
-        assert r.code == 200, r
 
-    async def account(self, email: str) -> ApiClient:
-        c = ApiClient(self.hub.base, self.pool)
-        r = await c.sign_up(email)
-        assert r.code == 201, r
-        c.account_id = (await c.get("accounts/profile")).json["account_id"]  # type: ignore[attr-defined]
-        return c
-
-    def client(self, cookies: dict[str, str], **options: Any) -> Client:
-        c = connect(reactor, self.hub.base, cookies=cookies, reconnect=False, **options)
-        self.addCleanup(c.close)
-        return c
-
-    def browser(self, who: ApiClient) -> Client:
-        return self.client(dict(who.cookies))
+    async def add_members(self) -> None:
+        self.admin = await self.account("admin@example.com")  # the first account: the admin
+        await super().add_members()
 
     async def refused(self, cookies: dict[str, str]) -> str:
         c = self.client(cookies)

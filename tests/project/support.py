@@ -5,46 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
-
-from cocalc_hub.conat.client import Client, Subscription, connect
+from cocalc_hub.conat.client import Subscription
 from cocalc_hub.project.subjects import api_subject, state_subject
-from tests.support import RunningHub, settings_for, start_hub
+from tests.members import MembersCase
 from tests.web.api_client import ApiClient
 
 
-class ProjectConatCase(unittest.TestCase):
-    timeout = 60
-    env: dict[str, str] = {}
+class ProjectConatCase(MembersCase):
     options: dict[str, Any] = {"project-stop-grace": "2"}
 
     async def setUp(self) -> None:  # type: ignore[override]
-        self.hub: RunningHub = start_hub(self, settings_for(self.mktemp(), self.options, self.env))
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.owner = await self.account("owner@example.com")
-        self.friend = await self.account("friend@example.com")
-        self.outsider = await self.account("outsider@example.com")
-        r = await self.owner.post("projects/create", {"title": "P"})
-        self.project: str = r.json["project_id"]
-        r = await self.owner.post("projects/collaborators/add", {"project_id": self.project,
-                                                                  "email": "friend@example.com"})
-        assert r.code == 200, r
+        await super().setUp()
         self.api = api_subject(self.project)
         self.addCleanup(self.stop_projects)
-
-    async def account(self, email: str) -> ApiClient:
-        c = ApiClient(self.hub.base, self.pool)
-        r = await c.sign_up(email)
-        assert r.code == 201, r
-        return c
-
-    def browser(self, who: ApiClient) -> Client:
-        """A conat client signed in like the browser of ``who`` (its remember_me cookie)."""
-        c = connect(reactor, self.hub.base, cookies=dict(who.cookies), reconnect=False)
-        self.addCleanup(c.close)
-        return c
 
     @property
     def manager(self) -> Any:

@@ -21,19 +21,19 @@ ENTRY_FIELDS = {"time", "command", "args", "exit_code", "timed_out", "duration_m
 
 
 class PersistCase(ProjectConatCase):
-    async def client(self, who: ApiClient) -> Client:
+    async def signed_in(self, who: ApiClient) -> Client:
         c = self.browser(who)
         await c.signed_in()
         return c
 
     async def kv(self, who: ApiClient, name: str) -> DKV:
-        kv = DKV(await self.client(who), name, project_id=self.project)
+        kv = DKV(await self.signed_in(who), name, project_id=self.project)
         self.addCleanup(kv.close)
         await kv.init()
         return kv
 
     async def stream(self, who: ApiClient, name: str) -> DStream:
-        stream = DStream(await self.client(who), name, project_id=self.project)
+        stream = DStream(await self.signed_in(who), name, project_id=self.project)
         self.addCleanup(stream.close)
         await stream.init()
         return stream
@@ -90,7 +90,7 @@ class RecordsTests(PersistCase):
         self.assertEqual((await self.kv(self.friend, "project-info")).get("info"), info)
 
         log = await self.stream(self.friend, "exec-log")  # a collaborator reads it
-        friend = await self.client(self.friend)
+        friend = await self.signed_in(self.friend)
         result = await friend.call(self.api, "exec", {"command": "echo $((6*7))xyzzy $SECRET", "bash": True,
                                                       "env": {"SECRET": "hunter2"}})
         self.assertEqual(result["stdout"], "42xyzzy hunter2\n")
@@ -105,7 +105,7 @@ class RecordsTests(PersistCase):
         self.assertNotIn("42xyzzy", repr(entry))  # never the output
         self.assertNotIn("hunter2", repr(entry))  # nor the environment
 
-        owner = await self.client(self.owner)
+        owner = await self.signed_in(self.owner)
         result = await owner.call(self.api, "exec", {"command": "sh", "args": ["-c", "exit 3"],
                                                      "err_on_exit": False})
         self.assertEqual(result["exit_code"], 3)
@@ -149,7 +149,7 @@ class NoPersistTests(PersistCase):
         events = await self.watch(self.owner)
         started = await self.start(events)
         self.assertIn(("hub", "starting"), [(e["source"], e["state"]) for e in started])
-        owner = await self.client(self.owner)
+        owner = await self.signed_in(self.owner)
         for i in range(3):
             result = await owner.call(self.api, "exec", {"command": "echo", "args": [str(i)]})
             self.assertEqual(result["stdout"], f"{i}\n")
