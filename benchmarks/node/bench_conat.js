@@ -11,7 +11,7 @@
 
 const path = require("path");
 const { connect, subscribe, randomId, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
-const { now, cpuMark, cpuSince } = require(path.join(__dirname, "cpu.js"));
+const { now, cpuMark, cpuSince, measure } = require(path.join(__dirname, "cpu.js"));
 
 const PAYLOAD = Buffer.alloc(100, 0x78);
 const WARMUP_MS = 1000;
@@ -41,15 +41,9 @@ async function pubsub(url, cookie, seconds, window) {
   await subscribe(sub, subject);
   pump();
   await sleep(WARMUP_MS);
-  const r0 = recv;
-  const t0 = now();
-  const mark = cpuMark();
-  await sleep(seconds * 1000);
-  const r1 = recv;
-  const t1 = now();
-  const cpu = cpuSince(mark);
+  const { n, ...m } = await measure(() => recv, seconds);
   running = false;
-  print({ messages: r1 - r0, seconds: t1 - t0, rate: (r1 - r0) / (t1 - t0), ...cpu });
+  print({ messages: n, ...m });
   pub.sock.disconnect();
   sub.sock.disconnect();
 }
@@ -123,15 +117,9 @@ async function fanout(url, cookie, seconds, count, window) {
   }
   pump();
   await sleep(WARMUP_MS);
-  const r0 = recv;
-  const t0 = now();
-  const mark = cpuMark();
-  await sleep(seconds * 1000);
-  const r1 = recv;
-  const t1 = now();
-  const cpu = cpuSince(mark);
+  const { n, ...m } = await measure(() => recv, seconds);
   running = false;
-  print({ deliveries: r1 - r0, seconds: t1 - t0, rate: (r1 - r0) / (t1 - t0), ...cpu });
+  print({ deliveries: n, ...m });
   for (const s of [pub, ...subs]) s.sock.disconnect();
 }
 

@@ -11,7 +11,7 @@
 
 const path = require("path");
 const { connect, subscribe, listen, randomId, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
-const { now, cpuMark, cpuSince } = require(path.join(__dirname, "cpu.js"));
+const { measure } = require(path.join(__dirname, "cpu.js"));
 
 const JSON_ENCODING = 1;
 const PAYLOAD = Buffer.from(JSON.stringify("x".repeat(98))); // 100 bytes
@@ -99,18 +99,13 @@ async function write(url, cookie, streamPath, seconds, inflight) {
   };
   const loops = Array.from({ length: inflight }, loop);
   await sleep(WARMUP_MS);
-  const a0 = acked;
-  const mark = cpuMark();
-  await sleep(seconds * 1000);
-  const a1 = acked;
-  const wall = now() - mark.t;
-  const cpu = cpuSince(mark);
+  const { n, ...m } = await measure(() => acked, seconds);
   running = false;
   await Promise.all(loops);
   // every acknowledged write must be in the stream (nothing else writes to this path)
   const stored = parse(await call(json(null), { cmd: "inventory" })).count;
   process.stdout.write(JSON.stringify({
-    acked: a1 - a0, total_acked: acked, stored, errors, seconds: wall, rate: (a1 - a0) / wall, ...cpu,
+    acked: n, total_acked: acked, stored, errors, ...m,
   }) + "\n");
   conn.sock.disconnect();
 }

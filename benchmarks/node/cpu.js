@@ -1,6 +1,6 @@
 "use strict";
-// What the node benchmarks share: a clock, and the CPU (in cores) used by this process and
-// by the hub (pid in BENCH_HUB_PID) between cpuMark() and cpuSince(mark).
+// What the node benchmarks share: a clock, the CPU (in cores) used by this process and by
+// the hub (pid in BENCH_HUB_PID) between cpuMark() and cpuSince(mark), and measure().
 
 const fs = require("fs");
 
@@ -26,4 +26,14 @@ function cpuSince(mark) {
   return { client_cpu: (self.user + self.system) / 1e6 / wall, hub_cpu: hub === null ? null : (hub - mark.hub) / wall };
 }
 
-module.exports = { now, cpuMark, cpuSince };
+// What `count()` gained over `seconds`, as a rate, with the CPU used meanwhile.
+async function measure(count, seconds) {
+  const c0 = count();
+  const mark = cpuMark();
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  const n = count() - c0;
+  const wall = now() - mark.t;
+  return { n, seconds: wall, rate: n / wall, ...cpuSince(mark) };
+}
+
+module.exports = { now, cpuMark, cpuSince, measure };
