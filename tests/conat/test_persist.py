@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -21,6 +21,7 @@ from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
 from cocalc_hub.conat.socket import SocketClient
 from tests.support import settings_for, start_hub, until
 
+D = TypeVar("D", DStream, DKV)
 A = "aaaaaaaa-0000-4000-8000-000000000001"
 B = "bbbbbbbb-0000-4000-8000-000000000002"
 P = "cccccccc-0000-4000-8000-000000000003"
@@ -272,14 +273,21 @@ class CommandTests(PersistCase):
 
 
 class DStreamTests(PersistCase):
+    async def copies(self, kind: type[D], name: str, count: int) -> list[D]:
+        """``count`` initialized copies of account A's DStream or DKV ``name``, each on its
+        own client."""
+        out = []
+        for _ in range(count):
+            copy = kind(self.client(account_user(A)), name, account_id=A)
+            self.addCleanup(copy.close)
+            out.append(copy)
+        for copy in out:
+            await copy.init()
+        return out
+
     async def test_dstream_and_dkv_copies_agree(self) -> None:
         await self.start_server()
-        one = DStream(self.client(account_user(A)), "log", account_id=A)
-        two = DStream(self.client(account_user(A)), "log", account_id=A)
-        self.addCleanup(one.close)
-        self.addCleanup(two.close)
-        await one.init()
-        await two.init()
+        one, two = await self.copies(DStream, "log", 2)
         seen: list[Any] = []
         two.listeners.append(lambda value, seq: seen.append((value, seq)))
         for i in range(20):
@@ -289,30 +297,18 @@ class DStreamTests(PersistCase):
         self.assertEqual(seen, [({"i": i}, i + 1) for i in range(20)])
         self.assertEqual(list(one), list(two))
 
-        kv1 = DKV(self.client(account_user(A)), "kv", account_id=A)
-        kv2 = DKV(self.client(account_user(A)), "kv", account_id=A)
-        self.addCleanup(kv1.close)
-        self.addCleanup(kv2.close)
-        await kv1.init()
-        await kv2.init()
+        kv1, kv2 = await self.copies(DKV, "kv", 2)
         await kv1.set("a", 1)
         await kv2.set("a", 2)
         await kv1.set("b", [1, 2])
         await kv1.delete("b")
         await until(lambda: kv1.items() == kv2.items() == {"a": 2})
-        kv3 = DKV(self.client(account_user(A)), "kv", account_id=A)
-        self.addCleanup(kv3.close)
-        await kv3.init()
+        (kv3,) = await self.copies(DKV, "kv", 1)
         self.assertEqual(kv3.items(), {"a": 2})
 
     async def test_a_lost_session_loses_and_repeats_nothing(self) -> None:
         server = await self.start_server()
-        writer = DStream(self.client(account_user(A)), "w", account_id=A)
-        reader = DStream(self.client(account_user(A)), "w", account_id=A)
-        self.addCleanup(writer.close)
-        self.addCleanup(reader.close)
-        await writer.init()
-        await reader.init()
+        writer, reader = await self.copies(DStream, "w", 2)
         values: list[Any] = []
         reader.listeners.append(lambda value, seq: values.append(value))
         for i in range(10):
