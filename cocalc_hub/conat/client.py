@@ -24,8 +24,7 @@ from collections.abc import Callable
 from os import urandom
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -540,35 +539,24 @@ class Client:
 
     async def _request(self, subject: str, data: Any, raw: bytes | None, encoding: int,
                        headers: dict[str, Any] | None, timeout: float, wait: bool) -> Message:
-        start = self.reactor.seconds()
-        inbox = await self._inbox_ready()
-        reply = f"{inbox}.{self._next_id()}"
-        answer: Deferred[Message] = Deferred()
+        """:meth:`request` before the inbox is live, or with ``wait`` (nobody listening yet:
+        wait for interest, then send it once more if time is left, as upstream does)."""
+        start: float = self.reactor.seconds()
 
-        def got(msg: Message) -> None:
-            self._replies.pop(reply, None)
-            if not answer.called:
-                answer.callback(msg)
+        def left() -> float:
+            now: float = self.reactor.seconds()
+            return timeout - (now - start)
 
-        self._replies[reply] = got
-        self._waiting_replies.add(answer)
+        await self._inbox_ready()
         try:
-            count = await self.publish(subject, data, raw=raw, encoding=encoding,
-                                       headers={**(headers or {}), "CN-Reply": reply}, timeout=timeout,
-                                       wait_for_interest=wait)
-            if not count:
-                raise ConatError(f"request -- no subscribers matching '{subject}'", 503)
-            left = timeout - (self.reactor.seconds() - start)
-            try:
-                return await answer.addTimeout(max(left, 0.001), self.reactor)
-            except (CancelledError, DeferredTimeout):
-                if self.closed:
-                    raise ConatError("client is closed") from None
-                raise ConatError("timeout", 408) from None
-        finally:
-            self._replies.pop(reply, None)
-            self._waiting_replies.discard(answer)
-            answer.addErrback(lambda f: None)  # cancelled by close() while publishing: not an error
+            return await self._quick_request(subject, data, raw, encoding, headers, max(left(), 0.001))
+        except ConatError as e:
+            if not wait or e.code != 503:
+                raise
+            first = e
+        if left() > 0 and await self.wait_for_interest(subject, timeout=left()) and left() > 0.5:
+            return await self._quick_request(subject, data, raw, encoding, headers, left())
+        raise first
 
     async def request_many(self, subject: str, data: Any = None, *, raw: bytes | None = None,
                            encoding: int = MSGPACK, headers: dict[str, Any] | None = None,

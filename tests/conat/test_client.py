@@ -175,6 +175,14 @@ class RequestTests(HubCase):
         self.assertEqual(await published, 1)
         self.assertEqual((await sub.next(5)).data, 1)
 
+    async def test_a_request_waiting_for_interest_reaches_a_later_responder(self) -> None:
+        a, b = await self.pair()
+        asked = a.request("later3", 2, wait_for_interest=True, timeout=10)
+        await sleep(0.2)
+        self.assertFalse(asked.called)
+        await b.subscribe("later3", callback=lambda msg: msg.respond(msg.data * 10))
+        self.assertEqual((await asked).data, 20)
+
 
 class ConnectionTests(HubCase):
     async def test_reconnects_and_restores_subscriptions(self) -> None:
