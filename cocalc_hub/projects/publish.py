@@ -18,6 +18,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from cocalc_hub.conat.client import Client
+from cocalc_hub.conat.lazy import LazyClient
 from cocalc_hub.project.subjects import state_subject
 
 log = Logger()
@@ -25,32 +26,18 @@ log = Logger()
 
 class StatePublisher:
     def __init__(self, client_factory: Callable[[], Client]) -> None:
-        self.client_factory = client_factory
-        """Called on first use (the broker may be set up after the manager)."""
-        self.client: Client | None = None
+        self.clients = LazyClient(client_factory)
+        """Made on first use (the broker may be set up after the manager)."""
         self.closed = False
         self.published = 0
         self._warned = False
-
-    def _client(self) -> Client:
-        client = self.client
-        if client is None or client.closed or client.error is not None:
-            client = self.client = self.client_factory()
-            client.listeners.append(lambda what, detail: self._lost(client, what, detail))
-        return client
-
-    def _lost(self, client: Client, what: str, detail: Any) -> None:
-        """A socket client the broker disconnected: start afresh at the next event."""
-        if what == "disconnected" and client is self.client:
-            self.client = None
-            client.close()
 
     def __call__(self, project_id: str, state: Mapping[str, Any]) -> None:
         if self.closed:
             return
         event = {**state, "source": "hub", "project_id": project_id}
         try:
-            self._client().publish_sync(state_subject(project_id), event)
+            self.clients.get().publish_sync(state_subject(project_id), event)
             self.published += 1
             self._warned = False
         except Exception as e:
@@ -60,6 +47,4 @@ class StatePublisher:
 
     def close(self) -> None:
         self.closed = True
-        client, self.client = self.client, None
-        if client is not None:
-            client.close()
+        self.clients.drop()

@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from cocalc_hub.conat.client import Client
+from cocalc_hub.conat.lazy import LazyClient
 from cocalc_hub.conat.persist.dstream import DKV
 from cocalc_hub.conat.persist.outage import Outage
 
@@ -63,12 +64,11 @@ class StatusRecorder(Service):
 
     def __init__(self, client_factory: Callable[[], Client], reactor: Any, *, idle: float = IDLE_CLOSE,
                  sweep_every: float = SWEEP_EVERY, grace: float = STARTUP_GRACE) -> None:
-        self.client_factory = client_factory
-        """Called on first use (the broker may be set up after the manager)."""
+        self.clients = LazyClient(client_factory, on_drop=self._drop_kvs)
+        """Made on first use (the broker may be set up after the manager)."""
         self.reactor = reactor
         self.idle = idle
         self.sweep_every = sweep_every
-        self.client: Client | None = None
         self.projects: dict[str, _Project] = {}
         self.outage = Outage(reactor, "project state (DKV project-status)", grace=grace)
         self.closed = False
@@ -76,29 +76,16 @@ class StatusRecorder(Service):
         self._retry: Any = None
         self._sweeper: task.LoopingCall | None = None
 
-    # the client ------------------------------------------------------------------------------
+    @property
+    def client(self) -> Client | None:
+        return self.clients.client
 
-    def _client(self) -> Client:
-        client = self.client
-        if client is None or client.closed or client.error is not None:
-            self._drop_client()
-            client = self.client = self.client_factory()
-            client.listeners.append(lambda what, detail: self._lost(client, what))
-        return client
-
-    def _lost(self, client: Client, what: str) -> None:
-        """A socket client the broker disconnected: start afresh (the DKVs were on it)."""
-        if what == "disconnected" and client is self.client:
-            self._drop_client()
-
-    def _drop_client(self) -> None:
-        client, self.client = self.client, None
+    def _drop_kvs(self) -> None:
+        """The client is being replaced or closed: the DKVs on it go with it."""
         for project in self.projects.values():
             if project.kv is not None:
                 project.kv.close()
                 project.kv = None
-        if client is not None:
-            client.close()
 
     # writing ---------------------------------------------------------------------------------
 
@@ -124,7 +111,7 @@ class StatusRecorder(Service):
         try:
             while project.queue and not self.closed:
                 if project.kv is None:
-                    kv = project.kv = DKV(self._client(), NAME, project_id=project_id)
+                    kv = project.kv = DKV(self.clients.get(), NAME, project_id=project_id)
                     await kv.init()
                 value = project.queue.popleft()
                 try:
@@ -199,5 +186,5 @@ class StatusRecorder(Service):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
-        self._drop_client()
+        self.clients.drop()
         self.projects.clear()
