@@ -214,10 +214,14 @@ def listen_description(
 
 def check_endpoint(description: str, setting: str) -> None:
     """Parse the endpoint string now (this also loads TLS keys) so errors come early."""
-    from twisted.internet import endpoints, reactor
+    from twisted.internet import reactor
+
+    from cocalc_hub.web.tls import TlsConfigError, server_endpoint
 
     try:
-        endpoints.serverFromString(reactor, description)
+        server_endpoint(reactor, description)
+    except TlsConfigError as e:
+        raise SettingsError(setting, str(e)) from None
     except IndexError:
         if description.startswith("systemd:"):
             raise SettingsError(

@@ -131,6 +131,9 @@ class HubService(service.MultiService):
         self.projects: Projects | None = None
         self.proxy: Proxy | None = None
         self.conat: ConatServer | None = None
+        self.handle_sighup = False
+        """Reload on SIGHUP (set by makeService; in-process test hubs leave signals alone)."""
+        self._previous_sighup: Any = None
 
     async def database_status(self) -> Status:
         try:
@@ -175,9 +178,24 @@ class HubService(service.MultiService):
         self.listen()
         super().privilegedStartService()
 
+    def reload(self) -> None:
+        """What SIGHUP does: read the listener's TLS certificate and key again."""
+        tls = self.web.tls if self.web is not None else None
+        if tls is None:
+            log.info("SIGHUP: nothing to reload (the listener does not use ssl:)")
+            return
+        tls.reload()
+
     def startService(self) -> None:
         self.listen()
         super().startService()
+        if self.handle_sighup:
+            import signal
+
+            def on_sighup(signum: int, frame: Any) -> None:
+                self.reactor.callFromThread(self.reload)
+
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
         # Announced once the reactor runs, i.e. once SIGTERM is handled gracefully.
         self.reactor.callWhenRunning(
             log.info, "cocalc-hub {version} running: {parts}", version=__version__,
@@ -191,6 +209,11 @@ class HubService(service.MultiService):
     async def _stop(self) -> None:
         log.info("cocalc-hub stopping")
         service.Service.stopService(self)
+        if self._previous_sighup is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         for child in reversed(list(self)):
             try:
                 await maybeDeferred(child.stopService)
@@ -433,6 +456,7 @@ def makeService(options: Mapping[str, Any]) -> HubService:
     parent = getattr(options, "parent", None)
     observer = logs.make_observer(settings.log_format, logs.log_stream(parent), _LEVELS[settings.log_level])
     hub = build_service(settings, reactor, observer)
+    hub.handle_sighup = True
     # Listen now, before twistd starts logging, so "port in use" is the only line printed.
     hub.listen()
     return hub

@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer, protocol, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITCPTransport, ITransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHandshakeListener,
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
@@ -27,6 +35,7 @@ from cocalc_hub.proxy.core import Proxy
 from cocalc_hub.proxy.http1 import MAX_HEAD, BodyFramer, HttpError, RequestHead, parse_request
 from cocalc_hub.proxy.parse import BadRoute, Route
 from cocalc_hub.proxy.relay import Exchange, Tunnel
+from cocalc_hub.web.tls import ALPN, HandshakeFailures
 
 log = Logger()
 
@@ -142,9 +151,11 @@ class Shim:
         self.front.abort()
 
 
+@implementer(IProtocolNegotiationFactory)
 class FrontDoorFactory(protocol.ServerFactory):
     """Builds FrontDoors; one sweeper enforces every connection's and exchange's deadline
-    (a timer per request would cost more than the request)."""
+    (a timer per request would cost more than the request). Under TLS it is what declares
+    the ALPN protocol (see cocalc_hub.web.tls)."""
 
     noisy = False
     SWEEP = 0.25
@@ -156,6 +167,12 @@ class FrontDoorFactory(protocol.ServerFactory):
         self.connections: set[FrontDoor] = set()
         self._sweeper: task.LoopingCall | None = None
         self._pool_swept = 0.0
+        metrics = getattr(site, "metrics", None)
+        self.handshake_failures = HandshakeFailures(
+            reactor, count=metrics.tls_handshake_failures.inc if metrics is not None else None)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(ALPN)
 
     def buildProtocol(self, addr: Any) -> FrontDoor:
         return FrontDoor(self, addr)
@@ -185,6 +202,7 @@ class FrontDoorFactory(protocol.ServerFactory):
                 exchange._timed_out()
 
 
+@implementer(IHandshakeListener)
 class FrontDoor(protocol.Protocol):
     def __init__(self, factory: FrontDoorFactory, addr: Any) -> None:
         self.factory = factory
@@ -201,6 +219,7 @@ class FrontDoor(protocol.Protocol):
         self.hub_body: BodyFramer | None = None
         self.client_close_after = False
         self.secure = False
+        self.handshake_done = False
         self.client_ip = b""
         self._paused = False
         self._in_process = False
@@ -224,7 +243,13 @@ class FrontDoor(protocol.Protocol):
         self.factory.connections.add(self)
         self._arm(IDLE_TIMEOUT)
 
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.secure and not self.handshake_done:
+            self.factory.handshake_failures.failed(f"{self.client_ip.decode()}:{getattr(self.addr, 'port', '?')}",
+                                                   reason)
         self.state = CLOSED
         self._disarm()
         if self.exchange is not None:

@@ -54,6 +54,11 @@ class HubMetrics:
             "HTTP connections currently open (upgraded WebSockets are counted by their owner)",
             registry=self.registry,
         )
+        self.tls_handshake_failures = Counter(
+            "cocalc_hub_tls_handshake_failures",
+            "TLS handshakes on the hub's listener that failed with a TLS error",
+            registry=self.registry,
+        )
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
         if method not in _METHODS:

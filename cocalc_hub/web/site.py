@@ -28,6 +28,7 @@ from cocalc_hub.logs import redact
 from cocalc_hub.web.errors import error_page
 from cocalc_hub.web.metrics import HubMetrics
 from cocalc_hub.web.request import SERVER_HEADER, HubRequest, peer_host, printable
+from cocalc_hub.web.tls import ReloadableTLS, TlsConfigError, server_endpoint
 
 log = Logger()
 access_log = Logger(namespace="cocalc_hub.access")
@@ -240,6 +241,8 @@ class WebService(service.Service):
         self.grace = grace
         self.public_url = public_url
         self.port: IListeningPort | None = None
+        self.tls: ReloadableTLS | None = None
+        """The listener's certificate, for ``ssl:`` endpoints (reloaded on SIGHUP)."""
 
     def privilegedStartService(self) -> None:
         if self.port is None:
@@ -257,9 +260,10 @@ class WebService(service.Service):
 
     def listen(self) -> None:
         """Start listening now, raising ListenError if that fails synchronously."""
-        from twisted.internet.endpoints import serverFromString
-
-        endpoint = serverFromString(self.reactor, self.description)
+        try:
+            endpoint, self.tls = server_endpoint(self.reactor, self.description)
+        except TlsConfigError as e:
+            raise ListenError(str(e)) from None
         results: list[Any] = []
         d = endpoint.listen(self.factory)
         d.addBoth(results.append)
@@ -276,6 +280,8 @@ class WebService(service.Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         log.info("cocalc-hub listening on {addr} ({url})", addr=describe_address(port), url=self.public_url(port))
+        if self.tls is not None:
+            self.tls.describe()
 
     def stop(self) -> Deferred[None]:
         """Stop accepting, let busy connections finish for up to ``grace`` seconds, then abort."""
