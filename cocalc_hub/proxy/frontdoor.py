@@ -11,22 +11,13 @@ by the Site (conat) leaves the connection to that protocol for good.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer, protocol, task
-from twisted.internet.interfaces import (
-    IConsumer,
-    IHandshakeListener,
-    IProtocolNegotiationFactory,
-    IPushProducer,
-    ISSLTransport,
-    ITCPTransport,
-    ITransport,
-)
+from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer
+from zope.interface import implementer
 
 from cocalc_hub.proxy import pages
 from cocalc_hub.proxy.access import Decision
@@ -35,6 +26,7 @@ from cocalc_hub.proxy.core import Proxy
 from cocalc_hub.proxy.http1 import MAX_HEAD, BodyFramer, HttpError, RequestHead, parse_request
 from cocalc_hub.proxy.parse import BadRoute, Route
 from cocalc_hub.proxy.relay import Exchange, Tunnel
+from cocalc_hub.proxy.shim import Shim
 from cocalc_hub.web.tls import ALPN, HandshakeFailures
 
 log = Logger()
@@ -60,95 +52,6 @@ class _Memo:
         self.upstream: bytes | None = None
         self.port: int | None = None
         self.target: tuple[int, str] | None = None
-
-
-@implementer(ITransport, IPushProducer, IConsumer)
-class Shim:
-    """The transport the embedded HTTPChannel (and a protocol it upgrades to) writes to."""
-
-    def __init__(self, front: FrontDoor) -> None:
-        self.front = front
-        self.protocol: Any = None
-        self.producer: Any = None
-        self.streaming = False
-        self.attached = False
-        self.disconnecting = False
-        self.connected = 1
-        real = front.transport
-        if ISSLTransport.providedBy(real):
-            directlyProvides(self, ITransport, IPushProducer, IConsumer, ISSLTransport)
-
-    # ITransport
-    def write(self, data: bytes) -> None:
-        if self.front.transport is not None:
-            self.front.transport.write(data)
-
-    def writeSequence(self, data: Iterable[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
-        self.disconnecting = True
-        self.front.close()
-
-    def abortConnection(self) -> None:
-        self.disconnecting = True
-        self.front.abort()
-
-    def getPeer(self) -> Any:
-        return self.front.transport.getPeer()  # type: ignore[union-attr]
-
-    def getHost(self) -> Any:
-        return self.front.transport.getHost()  # type: ignore[union-attr]
-
-    def getPeerCertificate(self) -> Any:
-        return self.front.transport.getPeerCertificate()  # type: ignore[union-attr]
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        if ITCPTransport.providedBy(self.front.transport):
-            self.front.transport.setTcpNoDelay(enabled)
-
-    def getTcpNoDelay(self) -> bool:
-        return True
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        if ITCPTransport.providedBy(self.front.transport):
-            self.front.transport.setTcpKeepAlive(enabled)
-
-    # IConsumer: the channel registers itself; it is attached to the real transport only
-    # while the Site handles a request, so the proxy can register its own producers.
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer, self.streaming = producer, streaming
-        if self.attached and self.front.transport is not None:
-            self.front.transport.registerProducer(producer, streaming)  # type: ignore[attr-defined]
-
-    def unregisterProducer(self) -> None:
-        if self.attached and self.front.transport is not None and self.producer is not None:
-            self.front.transport.unregisterProducer()  # type: ignore[attr-defined]
-        self.producer = None
-
-    def attach(self) -> None:
-        if not self.attached:
-            self.attached = True
-            if self.producer is not None and self.front.transport is not None:
-                self.front.transport.registerProducer(self.producer, self.streaming)  # type: ignore[attr-defined]
-
-    def detach(self) -> None:
-        if self.attached:
-            if self.producer is not None and self.front.transport is not None:
-                self.front.transport.unregisterProducer()  # type: ignore[attr-defined]
-                # If the transport had paused the channel, it will not resume it any more.
-                self.producer.resumeProducing()
-            self.attached = False
-
-    # IPushProducer: the channel asks for its input to pause.
-    def pauseProducing(self) -> None:
-        self.front.pause_reading()
-
-    def resumeProducing(self) -> None:
-        self.front.resume_reading()
-
-    def stopProducing(self) -> None:
-        self.front.abort()
 
 
 @implementer(IProtocolNegotiationFactory)
