@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from cocalc_hub.db.sql import Backend, Dialect, Tx, migrations
+from cocalc_hub.db.backend import Backend, Dialect, Tx, migrations
 from cocalc_hub.db.store import DatabaseUnavailable
 
 T = TypeVar("T")

@@ -9,7 +9,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cocalc_hub.db import Conflict, normalize_uuid
-from cocalc_hub.db.sql import SqlStore, migrations
+from cocalc_hub.db.backend import migrations
+from cocalc_hub.db.sql import SqlStore
 from tests.db.support import open_store
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
