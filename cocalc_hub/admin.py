@@ -13,12 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
+from twisted.internet.interfaces import IReactorTime
+
+from cocalc_hub.admin_remote import HubUnreachable
 from cocalc_hub.auth.accounts import AuthError, normalize_email
 from cocalc_hub.auth.caller import Caller
 from cocalc_hub.auth.passwords import password_problem
 from cocalc_hub.auth.service import AuthParts
 from cocalc_hub.db.store import Account, Store, is_uuid, normalize_uuid
-from cocalc_hub.projects.client import ProjectUnreachable
 from cocalc_hub.projects.operations import Projects
 from cocalc_hub.settings import SettingsError, from_options
 
@@ -26,12 +28,8 @@ ADMIN = Caller(kind="system", via="admin-cli", is_admin=True)
 PROJECT_SETTINGS = ("idle_timeout", "memory", "processes", "cpu", "file_size", "open_files")
 
 
-def _default_hub_url() -> str:
-    import os
-
-    port = os.environ.get("PORT", "5000")
-    base = os.environ.get("BASE_PATH", "/")
-    return f"http://127.0.0.1:{port}{'' if base == '/' else base}"
+HUB_HELP = ("the running hub, for start/stop/restart/state: http[s]://host:port[/base], unix:/path/to.sock or "
+            "http+unix://%%2Fpath%%2Fto.sock[/base] (default http://127.0.0.1:$PORT$BASE_PATH)")
 
 
 class CliError(Exception):
@@ -43,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data directory (default: $DATA or the hub's default)")
     p.add_argument("--database", help="sqlite, sqlite:PATH or postgresql://... (default as the hub)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--hub", help=HUB_HELP)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print results as JSON")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -114,17 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     for name, what in (("start", "start"), ("stop", "stop"), ("restart", "restart"), ("state", "show the state of")):
         c = sub.add_parser(name, help=f"{what} a project (asks the running hub, which owns project processes)")
         c.add_argument("project_id")
-        c.add_argument("--hub", help="the hub's URL (default http://127.0.0.1:$PORT$BASE_PATH)")
+        c.add_argument("--hub", default=argparse.SUPPRESS, help=HUB_HELP)
+
+    c = sub.add_parser("setup-link", help="print a new one-time link that creates the first administrator")
+    c.add_argument("--url", help="the hub's public URL for the link (default: --hub)")
     return p
 
 
 class Admin:
     """The commands, on an opened store."""
 
-    def __init__(self, parts: AuthParts, store: Store, projects: Projects) -> None:
+    def __init__(self, parts: AuthParts, store: Store, projects: Projects, clock: IReactorTime) -> None:
         self.parts = parts
         self.store = store
         self.projects = projects
+        self.clock = clock
 
     async def account(self, ref: str) -> Account:
         if is_uuid(ref):
@@ -233,12 +236,15 @@ class Admin:
 
     async def control(self, args: argparse.Namespace) -> Any:
         """Project processes belong to the running hub: ask it, with the hub's own secret."""
-        from cocalc_hub.projects.client import hub_request
+        from cocalc_hub.admin_remote import default_hub, hub_request, parse_hub
 
         project_id = self._project_id(args.project_id)
         token = self.parts.auth.hub_password or ""
-        url = args.hub or _default_hub_url()
-        status, body = await hub_request(url, f"projects/{args.command}", {"project_id": project_id}, token)
+        try:
+            hub = parse_hub(args.hub or default_hub())
+        except ValueError as e:
+            raise CliError(f"--hub: {e}") from None
+        status, body = await hub_request(hub, f"projects/{args.command}", {"project_id": project_id}, token)
         if status != 200:
             raise CliError(body.get("error", f"the hub answered {status}") if isinstance(body, dict)
                            else f"the hub answered {status}")
@@ -247,6 +253,21 @@ class Admin:
         return body
 
     cmd_start = cmd_stop = cmd_restart = cmd_state = control
+
+    async def cmd_setup_link(self, args: argparse.Namespace) -> Any:
+        """A fresh first-admin link, while no administrator exists (see cocalc_hub.auth.bootstrap)."""
+        from cocalc_hub.admin_remote import default_hub
+        from cocalc_hub.auth.bootstrap import SETUP_PATH, SETUP_TTL, AdminSetup
+
+        setup = AdminSetup(self.store, self.parts.accounts, self.clock)
+        if not await setup.needed():
+            raise CliError("an administrator exists already; use make-admin EMAIL to add one")
+        base = (args.url or args.hub or default_hub()).rstrip("/")
+        if base.startswith(("unix:", "http+unix:")):
+            base = "https://YOUR-HUB"  # a socket has no address a browser could use
+        token = await setup.new_token()
+        return {"link": f"{base}{SETUP_PATH}#token={token}",
+                "expires_in_minutes": int(SETUP_TTL.total_seconds() // 60)}
 
     async def cmd_set_setting(self, args: argparse.Namespace) -> Any:
         await self.store.set_setting(args.name, args.value)
@@ -288,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def run(_: Any) -> None:
         await store.open()
         try:
-            outcome["result"] = await Admin(parts, store, Projects(store)).run(args)
-        except (CliError, AuthError, ProjectUnreachable) as e:
+            outcome["result"] = await Admin(parts, store, Projects(store), reactor).run(args)
+        except (CliError, AuthError, HubUnreachable) as e:
             outcome["error"] = str(e)
         except Exception as e:  # the store's own errors (e.g. Conflict) have good messages
             outcome["error"] = f"{type(e).__name__}: {e}"

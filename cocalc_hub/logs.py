@@ -69,11 +69,14 @@ def _redact_value(key: str, value: Any) -> Any:
 
 
 def redact_event(event: LogEvent) -> LogEvent:
-    """A copy of the event whose string fields have been scrubbed."""
+    """A copy of the event whose string fields have been scrubbed, except the fields the
+    emitter names in ``log_unredacted``: secrets meant for the operator's eyes (the one-time
+    first-admin setup link)."""
     clean: dict[str, Any] = {}
+    keep = event.get("log_unredacted", ())
     for key, value in event.items():
         if key in ("log_logger", "log_source", "log_level", "log_namespace", "log_time", "log_failure",
-                   "log_trace", "log_observer"):
+                   "log_trace", "log_observer", "log_unredacted") or key in keep:
             clean[key] = value
         else:
             clean[key] = _redact_value(key, value)

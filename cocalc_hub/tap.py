@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from cocalc_hub import __version__, logs
+from cocalc_hub.auth.bootstrap import SETUP_PATH, AdminSetup, AdminSetupService
 from cocalc_hub.auth.service import AuthParts, AuthService, build_auth
 from cocalc_hub.conat.broker import BrokerConfig
 from cocalc_hub.conat.client import Client, connect
@@ -131,6 +132,7 @@ class HubService(service.MultiService):
         self.projects: Projects | None = None
         self.proxy: Proxy | None = None
         self.conat: ConatServer | None = None
+        self.admin_setup: AdminSetup | None = None
         self.handle_sighup = False
         """Reload on SIGHUP (set by makeService; in-process test hubs leave signals alone)."""
         self._previous_sighup: Any = None
@@ -250,6 +252,13 @@ def public_url(settings: Settings, port: IListeningPort) -> str:
     return f"{scheme}://{host}:{number}{settings.path('/')}"
 
 
+def setup_link(settings: Settings, hub: HubService, token: str) -> str:
+    """The first-admin setup link for the startup log (token in the fragment)."""
+    port = hub.web.port if hub.web is not None else None
+    base = public_url(settings, port) if port is not None else settings.path("/")
+    return f"{base.rstrip('/')}{SETUP_PATH}#token={token}"
+
+
 def build_web(settings: Settings, reactor: Any) -> WebParts:
     """The HTTP site with the routes every hub serves (health, metrics, static, index)."""
     web = WebParts(settings, reactor)
@@ -363,6 +372,10 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
         client = ProjectClient(reactor, settings.base_path)
         ProjectClientService(client).setServiceParent(hub)
         hub.projects = Projects(store, manager, client)
+        if "proxy-server" in settings.parts:
+            # While no administrator exists, a one-time setup link in the log (the pages are here).
+            hub.admin_setup = AdminSetup(store, auth.accounts, reactor)
+            AdminSetupService(hub.admin_setup, lambda token: setup_link(settings, hub, token)).setServiceParent(hub)
     if "conat-server" in settings.parts:
         hub.conat = build_conat(settings, hub, reactor)
         ConatService(hub.conat).setServiceParent(hub)
@@ -388,7 +401,8 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
         proxy = None
         if hub.auth is not None and hub.projects is not None and "proxy-server" in settings.parts:
             services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
-                                   names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path)
+                                   names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path,
+                                   admin_setup=hub.admin_setup)
             web.router.mount("api", ApiResource(services), "api", json_errors=True)
             pages = PagesResource(services, settings.static_dir, web.gzip_cache)  # the web UI
             web.router.set_index(pages, "page")

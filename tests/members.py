@@ -25,8 +25,8 @@ class MembersCase(unittest.TestCase):
         await self.add_members()
 
     async def add_members(self) -> None:
-        """Sign up owner, friend and outsider (in that order: the first account of a hub is
-        its admin) and make the project, with the friend as collaborator."""
+        """Sign up owner, friend and outsider (none of them an administrator) and make the
+        project, with the friend as collaborator."""
         self.owner = await self.account("owner@example.com")
         self.friend = await self.account("friend@example.com")
         self.outsider = await self.account("outsider@example.com")

@@ -13,6 +13,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -46,6 +47,15 @@ class RunningHub:
     def url(self, path: str) -> str:
         """URL of a path under the base path."""
         return self.base + path
+
+
+async def make_admin(hub: RunningHub, account_id: str) -> None:
+    """What ``cocalc-hub-admin make-admin`` does (sign-up never makes an administrator)."""
+    store, auth = hub.hub.store, hub.hub.auth
+    account = await store.get_account(account_id)
+    assert account is not None and auth is not None
+    await store.set_groups(account_id, (*account.groups, "admin"))
+    auth.auth.forget_account(account_id)
 
 
 # argon2id with small costs, so tests that sign up many users stay fast.
@@ -139,6 +149,32 @@ async def until(check: Any, timeout: float = 5.0) -> None:
             return
         await sleep(0.01)
     raise AssertionError("condition not reached in time")
+
+
+class LogCapture:
+    """Formatted log lines of this process, and a way to wait for one."""
+
+    def __init__(self, case: unittest.TestCase) -> None:
+        self.lines: list[str] = []
+        self.waiters: list[tuple[str, defer.Deferred[str]]] = []
+        globalLogPublisher.addObserver(self)
+        case.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        self.lines.append(text)
+        for item in list(self.waiters):
+            if item[0] in text:
+                self.waiters.remove(item)
+                item[1].callback(text)
+
+    def wait_for(self, fragment: str, timeout: float = 20.0) -> defer.Deferred[str]:
+        for line in self.lines:
+            if fragment in line:
+                return defer.succeed(line)
+        d: defer.Deferred[str] = defer.Deferred()
+        self.waiters.append((fragment, d))
+        return d.addTimeout(timeout, reactor)
 
 
 def free_tcp_port() -> int:

@@ -116,3 +116,36 @@ class SQLiteAdminCli(AdminCliSuite, unittest.TestCase):
 class PostgresAdminCli(AdminCliSuite, unittest.TestCase):
     kind = "postgres"
     timeout = 120
+
+
+class RemoteHubTests(unittest.TestCase):
+    """``--hub``: the CLI reaches a hub listening on a unix socket, or says clearly why not."""
+
+    timeout = 120
+
+    async def test_hub_on_a_unix_socket(self) -> None:
+        from urllib.parse import quote
+
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir()
+        sock = tmp / "hub.sock"
+        from cocalc_hub.tap import build_service
+        from tests.support import FAST_ARGON2
+
+        hub = build_service(settings_for(tmp, {"port": f"unix:{sock}"}), reactor, password_cost=FAST_ARGON2)
+        hub.startService()
+        self.addCleanup(hub.stopService)
+        store = hub.store
+        owner = await store.create_account(email_address="o@example.com", password_hash="x")
+        project = await store.create_project(owner_id=owner.account_id, title="on a socket")
+        cli = [sys.executable, "-m", "cocalc_hub.admin", "--data", str(tmp / "data"), "--json"]
+        for hub_arg in (f"unix:{sock}", f"http+unix://{quote(str(sock), safe='')}"):
+            proc, _ = spawn(self, [*cli, "--hub", hub_arg, "state", project.project_id])
+            self.assertEqual(await proc.ended, 0, proc.output)
+            self.assertEqual(json.loads(proc.output)["state"], "opened")
+        for bad, fragment in (("ftp://example.com", b"--hub: 'ftp://example.com' is not http[s]://"),
+                              (f"unix:{tmp / 'nothing.sock'}", b"cannot reach the hub at unix:")):
+            proc, _ = spawn(self, [*cli, "--hub", bad, "state", project.project_id])
+            self.assertEqual(await proc.ended, 1, proc.output)
+            self.assertIn(fragment, proc.output)
+            self.assertEqual(len(proc.output.strip().splitlines()), 1, proc.output)

@@ -34,6 +34,9 @@ class DaemonTests(unittest.TestCase):
         m = await proc.wait_for(rb"listening on 127\.0\.0\.1:(\d+)")
         port = int(m.group(1))
         await proc.wait_for(rb"cocalc-hub [^ ]+ running")
+        # The operator's log shows the first-admin link whole (the scrubber leaves it alone).
+        await proc.wait_for(rb"No administrator exists yet.*http://127\.0\.0\.1:" + str(port).encode()
+                            + rb"/auth/setup#token=[A-Za-z0-9_-]{43} ")
         client = http_client(self)
         r = await client.get(f"http://127.0.0.1:{port}/alive")
         self.assertEqual((r.code, await r.text()), (200, "alive\n"))

@@ -127,29 +127,31 @@ class Accounts:
             raise AuthError(400, problem)
         first = clean_name(first_name, "first name") or "Anonymous"
         last = clean_name(last_name, "last name") or "User"
-        empty = await self.store.count_accounts() == 0
+        # Sign-up never makes an administrator, not even the first account: that takes the
+        # one-time setup link (cocalc_hub.auth.bootstrap) or cocalc-hub-admin.
         mode = await self.signup_mode()
-        if not empty:
-            # The very first account may always be created: it becomes the admin.
-            if mode == "closed":
-                raise AuthError(403, "sign-up is closed on this server")
-            if mode == "token":
-                if not isinstance(registration_token, str) or not registration_token.strip():
-                    raise AuthError(403, "a registration token is required to sign up")
-                if not await self.store.redeem_registration_token(registration_token.strip(), utcnow()):
-                    raise AuthError(403, "that registration token is not valid")
+        if mode == "closed":
+            raise AuthError(403, "sign-up is closed on this server")
+        if mode == "token":
+            if not isinstance(registration_token, str) or not registration_token.strip():
+                raise AuthError(403, "a registration token is required to sign up")
+            if not await self.store.redeem_registration_token(registration_token.strip(), utcnow()):
+                raise AuthError(403, "that registration token is not valid")
+        account = await self.create(email_address, password, first, last)
+        if client_ip:
+            self.signup_throttle.record(client_ip)
+        log.info("new account {account_id}", account_id=account.account_id)
+        return account
+
+    async def create(self, email_address: str, password: object, first_name: str, last_name: str) -> Account:
+        """Insert an account whose email and password have been checked."""
         assert isinstance(password, str)
         password_hash = await self.passwords.hash(password)
         try:
-            account = await self.store.create_account(email_address=email_address, password_hash=password_hash,
-                                                      first_name=first, last_name=last, first_is_admin=True)
+            return await self.store.create_account(email_address=email_address, password_hash=password_hash,
+                                                   first_name=first_name, last_name=last_name)
         except Conflict:
             raise AuthError(409, "an account with this email address already exists") from None
-        if client_ip:
-            self.signup_throttle.record(client_ip)
-        log.info("new account {account_id}{admin}", account_id=account.account_id,
-                 admin=" (admin: first account)" if account.is_admin else "")
-        return account
 
     async def sign_in(self, *, email: object, password: object, client_ip: str = "") -> SignIn:
         """Verify the password (same answer and timing whether or not the email exists)."""

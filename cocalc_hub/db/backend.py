@@ -77,9 +77,9 @@ class Dialect(abc.ABC):
     def state_name(self) -> str:
         """Text of ``state.state``; no params."""
 
-    def lock_for_first_account(self) -> str | None:
-        """A statement making "count accounts, then insert" atomic, if the backend needs one."""
-        return None
+    @abc.abstractmethod
+    def has_group(self) -> str:
+        """Boolean ``groups`` contains a group; params: group."""
 
 
 class Tx:

@@ -113,8 +113,8 @@ class PostgresDialect(Dialect):
     def state_name(self) -> str:
         return "(state ->> 'state')"
 
-    def lock_for_first_account(self) -> str | None:
-        return "LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE"
+    def has_group(self) -> str:
+        return "(?::text = ANY(groups))"
 
 
 def describe(conninfo: str) -> str:

@@ -21,6 +21,7 @@ from cocalc_hub.db.store import (
     Account,
     ApiKey,
     Conflict,
+    NotFound,
     Project,
     Session,
     Store,
@@ -115,19 +116,13 @@ class SqlStore(Store):
 
     async def create_account(self, *, email_address: str | None, password_hash: str | None,
                              first_name: str = "", last_name: str = "", groups: tuple[str, ...] = (),
-                             first_is_admin: bool = False, account_id: str | None = None,
+                             account_id: str | None = None,
                              now: datetime | None = None) -> Account:
         account_id = normalize_uuid(account_id) if account_id else str(uuid.uuid4())
         created = now or utcnow()
 
         def tx(tx: Tx) -> Account:
             chosen = tuple(groups)
-            if first_is_admin:
-                lock = self.d.lock_for_first_account()
-                if lock:
-                    tx.execute(lock)
-                if tx.one("SELECT COUNT(*) FROM accounts")[0] == 0 and "admin" not in chosen:
-                    chosen = chosen + ("admin",)
             if email_address is not None and tx.one(
                 "SELECT 1 FROM accounts WHERE email_address = ?", (email_address,)
             ) is not None:
@@ -478,6 +473,45 @@ class SqlStore(Store):
                 'AND (expires IS NULL OR expires > ?) AND ("limit" IS NULL OR counter < "limit")',
                 (token, stamp))
             return tx.rowcount == 1
+
+        return await self._write(tx)
+
+    # the first administrator ---------------------------------------------------------------
+
+    async def count_admins(self) -> int:
+        row = await self._read(lambda tx: tx.one(
+            f"SELECT COUNT(*) FROM accounts WHERE {self.d.has_group()} AND NOT banned AND NOT deleted",
+            ("admin",)))
+        return int(row[0])
+
+    async def create_setup_token(self, token_hash: str, expire: datetime, now: datetime | None = None) -> None:
+        def tx(tx: Tx) -> None:
+            tx.execute("DELETE FROM admin_setup_tokens WHERE expire <= ?", (self.d.ts_in(now or utcnow()),))
+            tx.execute("INSERT INTO admin_setup_tokens (token_hash, expire) VALUES (?, ?)",
+                       (token_hash, self.d.ts_in(expire)))
+
+        await self._write(tx)
+
+    async def setup_token_valid(self, token_hash: str, now: datetime | None = None) -> bool:
+        row = await self._read(lambda tx: tx.one(
+            "SELECT 1 FROM admin_setup_tokens WHERE token_hash = ? AND expire > ?",
+            (token_hash, self.d.ts_in(now or utcnow()))))
+        return row is not None
+
+    async def redeem_setup_token(self, token_hash: str, account_id: str, now: datetime | None = None) -> bool:
+        def tx(tx: Tx) -> bool:
+            tx.execute("DELETE FROM admin_setup_tokens WHERE token_hash = ? AND expire > ?",
+                       (token_hash, self.d.ts_in(now or utcnow())))
+            if tx.rowcount != 1:
+                return False
+            row = tx.one("SELECT groups FROM accounts WHERE account_id = ?", (account_id,))
+            if row is None:
+                raise NotFound("no such account")
+            groups = self.d.groups_out(row[0])
+            if "admin" not in groups:
+                tx.execute("UPDATE accounts SET groups = ? WHERE account_id = ?",
+                           (self.d.groups_in(groups + ("admin",)), account_id))
+            return True
 
         return await self._write(tx)
 

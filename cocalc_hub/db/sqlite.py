@@ -80,6 +80,9 @@ class SQLiteDialect(Dialect):
     def state_name(self) -> str:
         return "json_extract(state, '$.state')"
 
+    def has_group(self) -> str:
+        return "EXISTS (SELECT 1 FROM json_each(groups) WHERE json_each.value = ?)"
+
 
 class SQLiteBackend(Backend):
     kind = "sqlite"

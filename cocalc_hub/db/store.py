@@ -198,10 +198,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def create_account(self, *, email_address: str | None, password_hash: str | None,
                              first_name: str = "", last_name: str = "", groups: tuple[str, ...] = (),
-                             first_is_admin: bool = False, account_id: str | None = None,
-                             now: datetime | None = None) -> Account:
-        """Insert an account; Conflict if the email is taken. With ``first_is_admin``, the
-        first account of an empty database is made admin atomically."""
+                             account_id: str | None = None, now: datetime | None = None) -> Account:
+        """Insert an account; Conflict if the email is taken. Nothing makes an account admin
+        implicitly (see cocalc_hub.auth.bootstrap for the first one)."""
 
     @abc.abstractmethod
     async def get_account(self, account_id: str) -> Account | None: ...
@@ -355,6 +354,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def redeem_registration_token(self, token: str, now: datetime | None = None) -> bool:
         """Atomically check (exists, enabled, unexpired, under its limit) and count one use."""
+
+    # the first administrator ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def count_admins(self) -> int:
+        """Accounts in the admin group that are neither banned nor deleted."""
+
+    @abc.abstractmethod
+    async def create_setup_token(self, token_hash: str, expire: datetime, now: datetime | None = None) -> None:
+        """Keep the hash of a first-admin setup link (and drop expired ones)."""
+
+    @abc.abstractmethod
+    async def setup_token_valid(self, token_hash: str, now: datetime | None = None) -> bool: ...
+
+    @abc.abstractmethod
+    async def redeem_setup_token(self, token_hash: str, account_id: str, now: datetime | None = None) -> bool:
+        """In one transaction: delete the unexpired token and make the account an admin.
+        False (and nothing changed) if the token is unknown, expired or already used."""
 
     @abc.abstractmethod
     async def registration_tokens_in_force(self) -> int:

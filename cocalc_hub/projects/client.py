@@ -61,24 +61,3 @@ class ProjectClient:
     def close(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = self.pool.closeCachedConnections()
         return d
-
-
-async def hub_request(base_url: str, endpoint: str, params: dict[str, Any], token: str,
-                      timeout: float = 60.0) -> tuple[int, Any]:
-    """POST to a hub's JSON API (used by the admin CLI); raises ProjectUnreachable if it is down."""
-    from twisted.internet import reactor
-
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    client = HTTPClient(Agent(reactor, pool=pool, connectTimeout=5))
-    headers = Headers({"Content-Type": ["application/json"], "Authorization": [f"Bearer {token}"]})
-    d = client.post(f"{base_url.rstrip('/')}/api/v2/{endpoint}", data=json.dumps(params).encode(), headers=headers)
-    d.addTimeout(timeout, reactor)
-    try:
-        response = await d
-        content = await response.content()
-    except Exception as e:
-        raise ProjectUnreachable(f"cannot reach the hub at {base_url}: {e}") from None
-    try:
-        return response.code, json.loads(content)
-    except ValueError:
-        return response.code, {"error": content[:200].decode("utf-8", "replace")}

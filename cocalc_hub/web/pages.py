@@ -50,7 +50,7 @@ class Page:
     template: str
     title: str
     access: str
-    """anonymous (signed-in visitors are sent on), user or admin."""
+    """anonymous (signed-in visitors are sent on), any (signed in or not), user or admin."""
     module: str
     """The script (under static/) that drives the page."""
 
@@ -60,12 +60,13 @@ PAGES = {
     "/projects": Page("dashboard.html", "Projects", "user", "projects.js"),
     "/auth/sign-in": Page("sign-in.html", "Sign in", "anonymous", "auth.js"),
     "/auth/sign-up": Page("sign-up.html", "Sign up", "anonymous", "auth.js"),
+    "/auth/setup": Page("setup-admin.html", "First administrator", "any", "setup.js"),
     "/settings": Page("settings.html", "Account", "user", "account.js"),
     "/admin": Page("admin.html", "Administration", "admin", "account.js"),
 }
 PROJECT_PAGE = Page("project.html", "Project", "user", "projects.js")
 
-UI_ASSETS = ("app.css", "app.js", "auth.js", "projects.js", "account.js")
+UI_ASSETS = ("app.css", "app.js", "auth.js", "projects.js", "account.js", "setup.js")
 """Versioned together: one ``?v=`` for all, so a page never mixes two releases."""
 
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
@@ -175,7 +176,7 @@ class PagesResource(HubResource):
         if page.access == "anonymous":
             if signed_in:
                 return self._redirect(request, safe_next(query.get("next"), services.base_path) or self.prefix + "/")
-        elif not signed_in:
+        elif not signed_in and page.access != "any":
             here = request.uri.decode("latin-1")
             return self._redirect(request, f"{self.prefix}/auth/sign-in?next={quote(here, safe='/')}")
         elif page.access == "admin" and not caller.is_admin:

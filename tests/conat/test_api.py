@@ -15,7 +15,7 @@ from cocalc_hub.conat.api import FUNCTIONS, MAX_REQUEST, ConatApiService
 from cocalc_hub.conat.client import JSON, Client, ConatError, connect
 from cocalc_hub.tap import HubService
 from tests.projects.support import project_pids
-from tests.support import RunningHub, settings_for, start_hub
+from tests.support import RunningHub, make_admin, settings_for, start_hub
 from tests.web.api_client import ApiClient
 
 NO_SUCH_PROJECT = "00000000-0000-4000-8000-000000000000"
@@ -34,6 +34,7 @@ class ApiCase(unittest.TestCase):
         self.hub: RunningHub = start_hub(self, settings_for(self.mktemp(), {"project-stop-grace": "2"}))
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.admin = await self.account("admin@example.com")
+        await make_admin(self.hub, self.admin.account_id)  # type: ignore[attr-defined]
         self.owner = await self.account("owner@example.com")
         self.friend = await self.account("friend@example.com")
         self.outsider = await self.account("outsider@example.com")

@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor
 from cocalc_hub.conat.client import ConatError
 from tests.conat.support import sockets
 from tests.members import MembersCase
-from tests.support import sleep
+from tests.support import make_admin, sleep
 from tests.web.api_client import ApiClient
 
 
@@ -21,7 +21,8 @@ class AuthCase(MembersCase):
         self.system_password = (secrets / "conat-system-password").read_text().strip()
 
     async def add_members(self) -> None:
-        self.admin = await self.account("admin@example.com")  # the first account: the admin
+        self.admin = await self.account("admin@example.com")
+        await make_admin(self.hub, self.admin.account_id)  # type: ignore[attr-defined]
         await super().add_members()
 
     async def refused(self, cookies: dict[str, str]) -> str:

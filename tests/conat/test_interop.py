@@ -319,7 +319,7 @@ class NodeClientTests(unittest.TestCase):
         hub = start_hub(self, settings_for(self.mktemp()))
         pool = HTTPConnectionPool(reactor, persistent=False)
         accounts = []
-        for email in ("admin@example.com", "me@example.com", "other@example.com"):  # the first is an admin
+        for email in ("admin@example.com", "me@example.com", "other@example.com"):
             c = ApiClient(hub.base, pool)
             resp = await c.sign_up(email)
             self.assertEqual(resp.code, 201, resp)

@@ -64,15 +64,35 @@ class StoreSuite:
             await self.account("dup@example.com")
         self.assertEqual(await self.store.count_accounts(), 1)
 
-    async def test_first_account_is_admin(self) -> None:
-        first = await self.account(first_is_admin=True)
-        second = await self.account(first_is_admin=True)
-        self.assertTrue(first.is_admin)
-        self.assertFalse(second.is_admin)
+    async def test_no_account_is_admin_implicitly(self) -> None:
+        first = await self.account()
+        self.assertFalse(first.is_admin)
+        self.assertEqual(await self.store.count_admins(), 0)
+        admin = await self.account(groups=("admin",))
+        self.assertEqual(await self.store.count_admins(), 1)
+        await self.store.set_banned(admin.account_id, True)
+        self.assertEqual(await self.store.count_admins(), 0, "a banned admin does not count")
 
-    async def test_first_admin_is_atomic(self) -> None:
-        made = await defer.gatherResults([defer.ensureDeferred(self.account(first_is_admin=True)) for _ in range(8)])
-        self.assertEqual(sum(a.is_admin for a in made), 1)
+    async def test_setup_token_works_once_and_expires(self) -> None:
+        a = await self.account()
+        await self.store.create_setup_token("h" * 64, T0 + timedelta(hours=1))
+        self.assertTrue(await self.store.setup_token_valid("h" * 64, T0))
+        self.assertFalse(await self.store.setup_token_valid("h" * 64, T0 + timedelta(hours=1)), "expired")
+        self.assertFalse(await self.store.redeem_setup_token("h" * 64, a.account_id, T0 + timedelta(hours=2)))
+        self.assertFalse(await self.store.redeem_setup_token("x" * 64, a.account_id, T0))
+        self.assertTrue(await self.store.redeem_setup_token("h" * 64, a.account_id, T0))
+        self.assertTrue((await self.store.get_account(a.account_id)).is_admin)  # type: ignore[union-attr]
+        self.assertFalse(await self.store.redeem_setup_token("h" * 64, a.account_id, T0), "single use")
+        self.assertFalse(await self.store.setup_token_valid("h" * 64, T0))
+
+    async def test_setup_token_redeemed_once_under_concurrency(self) -> None:
+        accounts = [await self.account() for _ in range(8)]
+        await self.store.create_setup_token("c" * 64, T0 + timedelta(hours=1))
+        won = await defer.gatherResults([defer.ensureDeferred(self.store.redeem_setup_token("c" * 64, a.account_id,
+                                                                                              T0))
+                                         for a in accounts])
+        self.assertEqual(sum(won), 1)
+        self.assertEqual(await self.store.count_admins(), 1)
 
     async def test_list_count_groups_ban_touch(self) -> None:
         a = await self.account(now=T0)

@@ -15,14 +15,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
-from tests.support import free_tcp_port, parse_response, raw_http, settings_for, start_hub
+from tests.support import free_tcp_port, make_admin, parse_response, raw_http, settings_for, start_hub
 from tests.web.api_client import ApiClient
 
 BACKEND = str(Path(__file__).resolve().parent / "backend_app.py")
 
 
 class Harness:
-    """admin (the first account), owner, friend (collaborator on A), outsider; projects A (owner)
+    """admin, owner, friend (collaborator on A), outsider; projects A (owner)
     and B (outsider), each running a backend_app.py."""
 
     scheme = "http"
@@ -36,7 +36,8 @@ class Harness:
         if self.scheme == "https":
             self.hub.base = self.hub.base.replace("http://", "https://")
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.admin = await self.user("admin@example.com")  # first account: admin
+        self.admin = await self.user("admin@example.com")
+        await make_admin(self.hub, self.admin.account_id)  # type: ignore[attr-defined]
         self.owner = await self.user("owner@example.com")
         self.friend = await self.user("friend@example.com")
         self.outsider = await self.user("outsider@example.com")
@@ -76,6 +77,7 @@ class Harness:
             c.http = self.https_client()
         r = await c.sign_up(email)
         assert r.code == 201, r
+        c.account_id = r.json["account_id"]  # type: ignore[attr-defined]
         return c
 
     async def backend(self, client: ApiClient, project_id: str) -> int:

@@ -1,7 +1,8 @@
 """The end-to-end walk through the web UI in headless Chromium, run by test_browser.py.
 
 Playwright's sync API cannot run in trial's reactor thread, so this is a separate process:
-``python browser_flow.py BASE_URL ARTIFACTS_DIR PORT``. It prints one JSON object per step
+``python browser_flow.py BASE_URL ARTIFACTS_DIR PORT SETUP_LINK`` (SETUP_LINK: the first-admin
+link). It prints one JSON object per step
 (``{"step", "ok", ...facts}``) and saves a screenshot of each page; on a failure it prints
 ``ok: false`` with the error, saves ``failure.png`` and exits 1.
 """
@@ -24,7 +25,8 @@ TIMEOUT_MS = 60_000
 
 
 class Flow:
-    def __init__(self, base: str, artifacts: Path, port: int) -> None:
+    def __init__(self, base: str, artifacts: Path, port: int, setup_link: str) -> None:
+        self.setup_link = setup_link
         self.base = base.rstrip("/")
         self.prefix = re.sub(r"^https?://[^/]+", "", self.base)
         self.artifacts = artifacts
@@ -263,7 +265,25 @@ class Flow:
         expect(card.locator(".p-title")).to_have_text("Web test")
         self.report("manage", unknown_email_error=unknown)
 
+    def become_admin(self, page: Page) -> None:
+        """Sign-up made no administrator: the hub's one-time setup link makes one."""
+        response = page.goto(f"{self.base}/admin")
+        assert response is not None and response.status == 403, response
+        page.goto(f"{self.base}/auth/setup#token=not-the-token")
+        expect(page.locator("#setup-status")).to_contain_text("not valid")
+        wrong = page.locator("#setup-status").inner_text()
+        page.goto(self.setup_link)
+        button = page.get_by_role("button", name="Make my account an administrator")
+        expect(button).to_be_visible()
+        self.shot(page, "setup-admin")
+        button.click()
+        page.wait_for_url(f"{self.base}/admin")
+        page.goto(self.setup_link)  # used up
+        expect(page.locator("#setup-status")).to_contain_text("already exists")
+        self.report("setup-admin", wrong_token=wrong, reused=page.locator("#setup-status").inner_text())
+
     def admin(self, page: Page) -> None:
+        self.become_admin(page)
         page.goto(f"{self.base}/admin")
         expect(page.locator("#accounts tr")).to_have_count(2)
         expect(page.locator("#all-projects")).to_contain_text("Web test")
@@ -302,11 +322,11 @@ class Flow:
 
 
 def main() -> int:
-    base, artifacts, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    base, artifacts, port, setup_link = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     artifacts.mkdir(parents=True, exist_ok=True)
     for old in artifacts.glob("*.png"):
         old.unlink()
-    flow = Flow(base, artifacts, port)
+    flow = Flow(base, artifacts, port, setup_link)
     with sync_playwright() as p:
         # launch() gives every run a fresh temporary profile (user-data-dir) of its own.
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=TIMEOUT_MS)

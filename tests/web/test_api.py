@@ -13,7 +13,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.auth.passwords import legacy_hash
 from tests.db.support import fresh_postgres_url
-from tests.support import parse_response, raw_get, raw_http, settings_for, start_hub
+from tests.support import make_admin, parse_response, raw_get, raw_http, settings_for, start_hub
 from tests.web.api_client import ApiClient
 
 PASSWORD = "a-Good-passphrase"
@@ -39,6 +39,14 @@ class ApiSuite:
     def client(self) -> ApiClient:
         return ApiClient(self.hub.base, self.pool)
 
+    async def signed_up_admin(self, email: str) -> ApiClient:
+        """An account made administrator as an operator would (sign-up never does)."""
+        c = self.client()
+        r = await c.sign_up(email)
+        assert r.code == 201, r
+        await make_admin(self.hub, r.json["account_id"])
+        return c
+
     @property
     def store(self) -> Any:
         return self.hub.hub.store
@@ -57,7 +65,7 @@ class FlowTests(ApiSuite):
         alice = self.client()
         r = await alice.sign_up("Alice@Example.com ")
         t.assertEqual(r.code, 201, r)
-        t.assertTrue(r.json["is_admin"], "the first account is admin")
+        t.assertFalse(r.json["is_admin"], "sign-up never makes an administrator, not even the first account")
         alice_id = r.json["account_id"]
         cookies = r.set_cookies()
         remember = next(c for c in cookies if c.startswith("remember_me="))
@@ -384,7 +392,7 @@ class CsrfTests(ApiSuite):
 class SignupModeTests(ApiSuite):
     async def test_closed_and_token(self) -> None:
         t: Any = self
-        admin = await self.signed_up("admin@example.com")
+        admin = await self.signed_up_admin("admin@example.com")
         r = await admin.post("admin/set-setting", {"name": "email_signup", "value": "no"})
         t.assertEqual(r.code, 200, r)
         c = self.client()
@@ -402,7 +410,7 @@ class SignupModeTests(ApiSuite):
 
     async def test_admin_endpoints(self) -> None:
         t: Any = self
-        admin = await self.signed_up("root@example.com")
+        admin = await self.signed_up_admin("root@example.com")
         user = await self.signed_up("user@example.com")
         t.assertEqual((await user.get("admin/accounts")).code, 403)
         r = await admin.get("admin/accounts")

@@ -52,7 +52,10 @@ class BrowserTests(unittest.TestCase):
         self.addCleanup(self.stop_projects, hub)
         port = free_tcp_port()
         env = {k: v for k, v in os.environ.items() if k.startswith(("PLAYWRIGHT", "XDG_", "DISPLAY"))}
-        proto, _ = spawn(self, [sys.executable, FLOW, hub.url("/"), str(ARTIFACTS), str(port)], env=env, cwd=str(REPO))
+        assert hub.hub.admin_setup is not None
+        setup_link = hub.url("/auth/setup#token=" + await hub.hub.admin_setup.new_token())
+        proto, _ = spawn(self, [sys.executable, FLOW, hub.url("/"), str(ARTIFACTS), str(port), setup_link], env=env,
+                         cwd=str(REPO))
         code = await proto.ended
         steps: dict[str, dict[str, Any]] = {}
         for line in proto.output.decode("utf-8", "replace").splitlines():
@@ -78,6 +81,8 @@ class BrowserTests(unittest.TestCase):
         self.assertEqual(steps["stopped"]["member_status"], 503)
         self.assertIn("start", steps["stopped"]["page"].lower())
         self.assertTrue(steps["manage"]["unknown_email_error"][0].isupper())
+        self.assertIn("not valid", steps["setup-admin"]["wrong_token"])
+        self.assertIn("already exists", steps["setup-admin"]["reused"])
         self.assertEqual(steps["admin"]["accounts"], 2)
         self.assertTrue(steps["admin"]["signup_form_hidden"])
         self.assertLessEqual(steps["phone"]["scroll_width"], 390)  # no sideways scrolling on a phone

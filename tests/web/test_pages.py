@@ -12,7 +12,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from cocalc_hub.web.pages import CSP, PACKAGE_ASSETS, UI_ASSETS
-from tests.support import parse_response, raw_get, raw_http, settings_for, start_hub
+from tests.support import make_admin, parse_response, raw_get, raw_http, settings_for, start_hub
 from tests.web.api_client import ApiClient, Response
 
 UUID = "0b6c2b80-66a5-4a5e-9c49-2d7a4c1f7e11"
@@ -27,7 +27,9 @@ class PagesTests(unittest.TestCase):
         self.prefix = "" if self.base_path == "/" else self.base_path
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.admin = ApiClient(self.hub.base, pool)
-        self.assertEqual((await self.admin.sign_up("admin@example.com")).code, 201)  # first account: admin
+        r = await self.admin.sign_up("admin@example.com")
+        self.assertEqual(r.code, 201)
+        await make_admin(self.hub, r.json["account_id"])
         self.user = ApiClient(self.hub.base, pool)
         self.assertEqual((await self.user.sign_up("user@example.com")).code, 201)
         self.anon = ApiClient(self.hub.base, pool)

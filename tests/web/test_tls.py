@@ -19,13 +19,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import defer, reactor, threads
+from twisted.internet import threads
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from cocalc_hub.web.tls import TlsConfigError, TlsFiles, parse_ssl
-from tests.support import CI, REPO, TWISTD, make_self_signed_cert, settings_for, spawn, start_hub
+from tests.support import CI, REPO, TWISTD, LogCapture, make_self_signed_cert, settings_for, spawn, start_hub
 from tests.web.test_browser import missing as browser_missing
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -71,32 +70,6 @@ def spki_sha256(path: Path) -> str:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
-class LogCapture:
-    """Formatted log lines of this process, and a way to wait for one."""
-
-    def __init__(self, case: unittest.TestCase) -> None:
-        self.lines: list[str] = []
-        self.waiters: list[tuple[str, defer.Deferred[str]]] = []
-        globalLogPublisher.addObserver(self)
-        case.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        text = formatEvent(event)
-        self.lines.append(text)
-        for item in list(self.waiters):
-            if item[0] in text:
-                self.waiters.remove(item)
-                item[1].callback(text)
-
-    def wait_for(self, fragment: str, timeout: float = 20.0) -> defer.Deferred[str]:
-        for line in self.lines:
-            if fragment in line:
-                return defer.succeed(line)
-        d: defer.Deferred[str] = defer.Deferred()
-        self.waiters.append((fragment, d))
-        return d.addTimeout(timeout, reactor)
 
 
 class TlsListenerMixin:

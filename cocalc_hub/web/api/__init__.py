@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from cocalc_hub.auth.accounts import Accounts, AuthError
+from cocalc_hub.auth.bootstrap import AdminSetup
 from cocalc_hub.auth.caller import HTTP, Authenticator, Caller
 from cocalc_hub.auth.cookies import CookieNames, clear_cookie, parse_cookie_header, set_cookie
 from cocalc_hub.auth.csrf import Csrf
@@ -52,6 +53,7 @@ class ApiServices:
     names: CookieNames
     csrf: Csrf
     base_path: str = "/"
+    admin_setup: AdminSetup | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -45,6 +45,26 @@ async def sign_in(ctx: Ctx) -> dict[str, Any]:
     return await _start(ctx, result)
 
 
+@endpoint("v2/auth/setup-admin", anonymous=True)
+async def setup_admin(ctx: Ctx) -> dict[str, Any]:
+    """The first administrator, with the one-time link the hub logs while there is none
+    (``check: true`` only validates the token)."""
+    setup = ctx.services.admin_setup
+    if setup is None:
+        raise ApiError(503, "this hub process does not serve the first-admin setup")
+    signed_in = ctx.caller.is_account and not ctx.caller.error
+    if ctx.params.get("check") in (True, "true", "1", 1):
+        await setup.check(ctx.params.get("token"), ctx.client_ip)
+        return {"valid": True, "signed_in": signed_in}
+    session = await setup.claim(
+        ctx.params.get("token"), ctx.caller, email=_first(ctx, "email", "email_address"),
+        password=ctx.params.get("password"), first_name=_first(ctx, "firstName", "first_name"),
+        last_name=_first(ctx, "lastName", "last_name"), client_ip=ctx.client_ip)
+    if session is None:
+        return {"account_id": ctx.caller.account_id, "is_admin": True}
+    return await _start(ctx, session)
+
+
 @endpoint("v2/auth/requires-token", read_only=True, anonymous=True)
 async def requires_token(ctx: Ctx) -> dict[str, Any]:
     mode = await ctx.services.accounts.signup_mode()
