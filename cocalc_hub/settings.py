@@ -88,10 +88,14 @@ class Settings:
     """This persist server's id among CONAT_PERSIST_COUNT servers ("0" … "N-1")."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    health_listener: bool = False
+    """A process of none of the HTTP parts (a persist server) that was given --port: it
+    listens for /alive, /healthcheck and /metrics only."""
+
     @property
     def serves_http(self) -> bool:
         """Whether this process runs the HTTP listener."""
-        return bool(self.parts & HTTP_PARTS)
+        return bool(self.parts & HTTP_PARTS) or self.health_listener
 
     def path(self, suffix: str) -> str:
         """A URL path under the base path: path('/static/x') -> '/base/static/x'."""
@@ -492,4 +496,5 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         sync_dir=sync_dir,
         persist_id=persist_id,
         persist_count=persist_count,
+        health_listener=not parts & HTTP_PARTS and options.get("port") is not None,
     )

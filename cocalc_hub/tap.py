@@ -20,6 +20,7 @@ from twisted.python.components import Componentized
 from cocalc_hub import __version__, logs
 from cocalc_hub.auth.bootstrap import SETUP_PATH, AdminSetup, AdminSetupService
 from cocalc_hub.auth.service import AuthParts, AuthService, build_auth
+from cocalc_hub.broker_link import BrokerLink
 from cocalc_hub.conat.broker import BrokerConfig
 from cocalc_hub.conat.client import Client, connect
 from cocalc_hub.conat.local import LocalTransport
@@ -34,7 +35,7 @@ from cocalc_hub.proxy.access import ProxyAccess
 from cocalc_hub.proxy.conat_forward import ConatForwardResource
 from cocalc_hub.proxy.core import Proxy, ProxyService
 from cocalc_hub.proxy.frontdoor import FrontDoorFactory
-from cocalc_hub.settings import Settings, SettingsError, from_options, package_static_dir
+from cocalc_hub.settings import HTTP_PARTS, Settings, SettingsError, from_options, package_static_dir
 from cocalc_hub.web.api import ApiResource, ApiServices
 from cocalc_hub.web.api import accounts as _accounts_api  # noqa: F401  (registers endpoints)
 from cocalc_hub.web.api import admin as _admin_api  # noqa: F401
@@ -116,6 +117,50 @@ class Options(usage.Options):
         print(f"cocalc-hub {__version__}")
         sys.exit(0)
 
+    def _upstream_alias(self, name: str) -> None:
+        self["conat-server"] = 1
+        print(f"cocalc-hub: --{name} is upstream's name for --conat-server; running the conat broker",
+              file=sys.stderr)
+
+    def opt_conat_router(self) -> None:
+        """Upstream's name for --conat-server."""
+        self._upstream_alias("conat-router")
+
+    def opt_conat_core(self) -> None:
+        """Upstream's earlier name for --conat-server."""
+        self._upstream_alias("conat-core")
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """A mistyped option ends the process with one line naming it (and the closest
+        option), not with twistd's whole help text."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"cocalc-hub: {usage_hint(str(e), self.long_names())}") from None
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(f"unexpected argument {args[0]!r} (options start with --)")
+
+    def long_names(self) -> list[str]:
+        names = [str(p[0]) for p in self.optParameters] + [str(f[0]) for f in self.optFlags]
+        names += [n[4:].replace("_", "-") for n in dir(self) if n.startswith("opt_")]
+        return sorted(set(names) | {"help"})
+
+
+def usage_hint(message: str, names: list[str]) -> str:
+    """getopt's "option --prot not recognized" → "unknown option --prot (did you mean --port?) …"."""
+    import difflib
+    import re
+
+    m = re.fullmatch(r"option -{1,2}(\S+?) not recognized", message)
+    if m is None:
+        return f"{message} (cocalc-hub --help lists the options)"
+    given = m.group(1).split("=", 1)[0]
+    close = difflib.get_close_matches(given, names, n=1, cutoff=0.6)
+    hint = f"did you mean --{close[0]}? " if close else ""
+    return f"unknown option --{given} ({hint}cocalc-hub --help lists the options)"
+
 
 class HubService(service.MultiService):
     """The whole hub; when attached to a twistd Application it also provides the log observer."""
@@ -133,6 +178,7 @@ class HubService(service.MultiService):
         self.proxy: Proxy | None = None
         self.conat: ConatServer | None = None
         self.admin_setup: AdminSetup | None = None
+        self.broker_link: BrokerLink | None = None
         self.handle_sighup = False
         """Reload on SIGHUP (set by makeService; in-process test hubs leave signals alone)."""
         self._previous_sighup: Any = None
@@ -262,6 +308,7 @@ def setup_link(settings: Settings, hub: HubService, token: str) -> str:
 def build_web(settings: Settings, reactor: Any) -> WebParts:
     """The HTTP site with the routes every hub serves (health, metrics, static, index)."""
     web = WebParts(settings, reactor)
+    web.health.parts = sorted(settings.parts)
     web.site.access_level = _LEVELS[settings.log_level]
     r = web.router
     r.add_root(b"/alive", AliveResource(web.health), "health")
@@ -272,6 +319,8 @@ def build_web(settings: Settings, reactor: Any) -> WebParts:
     robots = RobotsResource(settings.base_path)
     r.add_root(b"/robots.txt", robots, "robots")
     r.mount("robots.txt", robots, "robots")
+    if not settings.parts & HTTP_PARTS:
+        return web  # a persist server's health listener: nothing else to serve
     r.mount("static", StaticResource(settings.static_dir, web.gzip_cache), "static")
     index = settings.static_dir / "index.html"
     if not index.is_file():
@@ -379,6 +428,10 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
     if "conat-server" in settings.parts:
         hub.conat = build_conat(settings, hub, reactor)
         ConatService(hub.conat).setServiceParent(hub)
+    if hub.conat is None and settings.conat_server:
+        # The broker runs elsewhere: make the link to it visible (logs, /healthcheck, /metrics).
+        hub.broker_link = BrokerLink(settings.conat_server, hub.conat_client, reactor)
+        hub.broker_link.setServiceParent(hub)
     if "conat-api" in settings.parts and hub.auth is not None and hub.projects is not None:
         from cocalc_hub.conat.api import build_conat_api
 
@@ -398,6 +451,11 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
     if settings.serves_http:
         web = build_web(settings, reactor)
         hub.web_parts = web
+        link = hub.broker_link
+        if link is not None:
+            web.health.register("conat-broker", link.status)
+            web.metrics.gauge("cocalc_hub_conat_broker_up", "1 while the conat broker (CONAT_SERVER) is connected",
+                              link.up_value)
         proxy = None
         if hub.auth is not None and hub.projects is not None and "proxy-server" in settings.parts:
             services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,

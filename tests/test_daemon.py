@@ -112,6 +112,24 @@ class DaemonTests(unittest.TestCase):
         await self.check_refuses(self.hub_args("--port", str(port)), None,
                                  f"cocalc-hub: --port: cannot listen on tcp:{port}:interface=127.0.0.1")
 
+    async def test_unknown_option_one_line_with_hint(self) -> None:
+        script = str(Path(TWISTD).parent / "cocalc-hub")
+        await self.check_refuses([script, "--prot", "5000"], None,
+                                 "cocalc-hub: unknown option --prot (did you mean --port? cocalc-hub --help lists")
+        await self.check_refuses([script, "--conat-servr"], None, "did you mean --conat-server?")
+        await self.check_refuses([script, "--port"], None, "cocalc-hub: option --port requires argument")
+        await self.check_refuses([script, "5000"], None, "cocalc-hub: unexpected argument '5000'")
+
+    async def test_upstream_names_run_the_broker(self) -> None:
+        for script, flag in (("cocalc-hub-server", "--conat-router"), ("cocalc-hub", "--conat-core")):
+            proc, transport = spawn(self, [str(Path(TWISTD).parent / script), flag, "--data", str(self.tmp / "d"),
+                                           "--port", "tcp:0:interface=127.0.0.1"], cwd=str(self.tmp))
+            await proc.wait_for(rb"cocalc-hub [^ ]+ running: conat-server\n")
+            self.assertIn(f"cocalc-hub: {flag} is upstream's name for --conat-server".encode(), proc.output)
+            transport.signalProcess("TERM")
+            await proc.ended
+            self.assertStoppedBySigterm(proc)
+
     async def test_console_script_alias(self) -> None:
         script = str(Path(TWISTD).parent / "cocalc-hub")
         self.assertTrue(os.access(script, os.X_OK))

@@ -73,10 +73,28 @@ class CompositionTests(unittest.TestCase):
         self.assertIsNotNone(hub.web)
 
     def test_persist_only_has_no_listener(self) -> None:
-        s = settings_for(self.mktemp(), {"conat-persist": True}, env={"CONAT_SERVER": "http://127.0.0.1:5000"})
+        s = settings_for(self.mktemp(), {"conat-persist": True, "port": None},
+                         env={"CONAT_SERVER": "http://127.0.0.1:5000"})
         hub = tap.build_service(s, reactor)
         self.assertIsNone(hub.web)
-        self.assertEqual([child.name for child in hub], ["conat-persist"])
+        self.assertEqual([child.name for child in hub], ["conat-broker-link", "conat-persist"])
+
+    async def test_persist_with_a_port_listens_for_health_only(self) -> None:
+        from tests.support import http_client, start_hub
+
+        hub = start_hub(self, settings_for(self.mktemp(), {"conat-persist": True},
+                                           env={"CONAT_SERVER": "http://127.0.0.1:1"}))
+        http = http_client(self)
+        r = await http.get(hub.url("/healthcheck"))
+        body = await r.json()
+        self.assertEqual((r.code, body["parts"]), (503, ["conat-persist"]))
+        self.assertFalse(body["components"]["conat-broker"]["ok"])
+        for path in ("/alive", "/metrics"):
+            self.assertEqual((await http.get(hub.root + path)).code, 200)
+        for path in ("/", "/static/app.css", "/api/v2/auth/csrf", "/auth/sign-in"):
+            r = await http.get(hub.url(path))
+            self.assertEqual(r.code, 404, path)
+            await r.content()
 
     def test_persist_or_api_without_a_broker_needs_conat_server(self) -> None:
         from cocalc_hub.settings import SettingsError

@@ -36,6 +36,8 @@ class Health:
         self.reactor = reactor
         self._checks: dict[str, Check] = {}
         self.shutting_down = False
+        self.parts: list[str] = []
+        """The parts this process runs (upstream's mode flags), listed in /healthcheck."""
 
     def register(self, name: str, check: Check) -> None:
         self._checks[name] = check
@@ -97,6 +99,7 @@ class HealthcheckResource(HubResource):
             body = {
                 "status": "ok" if ok else "fail",
                 "shutting_down": self.health.shutting_down,
+                "parts": self.health.parts,
                 "components": {n: {"ok": s.ok, "detail": s.detail} for n, s in results.items()},
             }
             request.setResponseCode(200 if ok else 503)

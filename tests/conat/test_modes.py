@@ -10,7 +10,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.client import Client, ConatError, connect
 from tests.conat.support import ws_connect
-from tests.support import TWISTD, free_tcp_port, http_client, settings_for, spawn, start_hub
+from tests.support import TWISTD, free_tcp_port, http_client, settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
 
@@ -46,8 +46,9 @@ class SplitProcessTests(unittest.TestCase):
         big = b"z" * 9_000_000  # two chunks, both through the splice
         self.assertEqual(await direct.publish(f"account.{account_id}.inbox", raw=big), 1)
         self.assertEqual((await sub.next(30)).raw, big)
-        assert broker.hub.conat is not None
-        self.assertEqual(broker.hub.conat.broker.total, 2)
+        assert broker.hub.conat is not None and web.hub.broker_link is not None
+        await until(lambda: web.hub.broker_link is not None and web.hub.broker_link.up)
+        self.assertEqual(broker.hub.conat.broker.total, 3, "these two clients and the web process's broker link")
 
         # the web process's own services reach the broker through CONAT_SERVER as the hub
         own = web.hub.conat_client()
