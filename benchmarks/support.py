@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,16 +37,20 @@ class Hub:
     listens (a process with only ``--conat-persist`` does not)."""
 
     def __init__(self, args: list[str] | None = None, *, data: Path | None = None, env: dict[str, str] | None = None,
-                 http: bool = True, name: str = "hub") -> None:
+                 http: bool = True, name: str = "hub", tls: tuple[Path, Path] | None = None) -> None:
         self.owns_data = data is None
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-hub-")) if data is None else data
         self.data = self.tmp / "data" if data is None else data
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        listen = f"tcp:{self.port}:interface=127.0.0.1"
+        if tls is not None:
+            listen = f"ssl:{self.port}:interface=127.0.0.1:privateKey={tls[0]}:certKey={tls[1]}"
         self.log_path = self.data.parent / f"{name}-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--port", f"tcp:{self.port}:interface=127.0.0.1",
+            [TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--port", listen,
              "--log-level", "warn", *(args or [])],
             env={**os.environ, "DATA": str(self.data), **(env or {})}, stdout=self.log, stderr=self.log)
         self.pid = self.proc.pid
@@ -60,7 +65,7 @@ class Hub:
                 self.stop()
                 raise RuntimeError(f"the hub exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/alive", timeout=1) as r:
+                with urllib.request.urlopen(self.url + "/alive", timeout=1, context=self._unverified()) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -68,6 +73,14 @@ class Hub:
                     self.stop()
                     raise RuntimeError(f"{self.url}/alive did not answer in 60 s") from None
             time.sleep(0.1)
+
+    def _unverified(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def wait_password(self) -> str:
         path = self.data / "secrets" / "conat-password"
