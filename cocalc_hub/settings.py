@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cocalc_hub.packaged import IncompleteInstall, check_installation, package_path
+
 # The parts of a hub, as upstream's mode flags name them.
 PARTS = ("conat-server", "conat-api", "conat-persist", "proxy-server")
 # Parts that need the HTTP listener (upstream: conat-server, conat-api, proxy).
@@ -108,8 +110,8 @@ class Settings:
 
 
 def package_static_dir() -> Path:
-    """The web assets shipped inside the package."""
-    return Path(__file__).resolve().parent / "web" / "assets"
+    """The web assets shipped inside the package (importlib.resources; see cocalc_hub.packaged)."""
+    return package_path("cocalc_hub.web", "assets")
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -344,6 +346,10 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
     """Build and validate the settings from parsed tap Options and the environment."""
     if env is None:
         env = os.environ
+    try:
+        check_installation()
+    except IncompleteInstall as e:
+        raise SettingsError("installation", str(e)) from None
 
     hostname = options.get("hostname") or env.get("COCALC_HUB_HOSTNAME") or DEFAULT_HOSTNAME
     if any(c.isspace() for c in hostname) or hostname.startswith("-"):

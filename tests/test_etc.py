@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,6 +54,23 @@ class UnitTests(unittest.TestCase):
         self.assertTrue(svc["EnvironmentFile"].startswith("-/etc/cocalc-hub/"))
         self.assertIn("cocalc-hub.socket", unit["Unit"]["Requires"][0])
         self.assertEqual(unit["Install"]["WantedBy"], ["multi-user.target"])
+
+    def test_documentation_and_units_are_installed_by_pip(self) -> None:
+        """Documentation= and the files the header's steps copy are data files pip installs under the
+        prefix (tests/test_install.py checks the same in a real installation)."""
+        cfg = configparser.ConfigParser()
+        cfg.read(REPO / "setup.cfg")
+        installed = {f"/opt/cocalc-hub/{target}/{Path(source).name}"
+                     for target, sources in cfg["options.data_files"].items()
+                     for source in sources.split() if (REPO / source).is_file()}
+        text = (ETC / "cocalc-hub.service").read_text()
+        (doc,) = parse_unit(ETC / "cocalc-hub.service")["Unit"]["Documentation"]
+        self.assertEqual(doc, "file:///opt/cocalc-hub/share/doc/cocalc-hub/README.rst")
+        self.assertIn(doc.removeprefix("file://"), installed)
+        self.assertIn("cd /opt/cocalc-hub/share/cocalc-hub/systemd\n", text)
+        for name in ("cocalc-hub.service", "cocalc-hub.socket", "cocalc-hub.env"):
+            self.assertIn(f"/opt/cocalc-hub/share/cocalc-hub/systemd/{name}", installed)
+            self.assertRegex(text, rf"#   install -[^\n]* {re.escape(name)} ")
 
     def test_socket_keys(self) -> None:
         unit = parse_unit(ETC / "cocalc-hub.socket")

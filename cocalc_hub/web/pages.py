@@ -26,6 +26,7 @@ from cocalc_hub.auth.accounts import AuthError
 from cocalc_hub.auth.caller import Caller
 from cocalc_hub.auth.cookies import parse_cookie_header
 from cocalc_hub.db.store import DatabaseUnavailable, is_uuid, normalize_uuid
+from cocalc_hub.packaged import package_path
 from cocalc_hub.web.api import ApiServices, safe_next
 from cocalc_hub.web.errors import error_page
 from cocalc_hub.web.files import GzipCache
@@ -35,7 +36,7 @@ from cocalc_hub.web.static import TemplatePage
 
 log = Logger()
 
-PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
+PACKAGE_ASSETS = package_path("cocalc_hub.web", "assets")
 
 CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
