@@ -47,7 +47,7 @@ from cocalc_hub.web.metrics import HubMetrics, MetricsResource
 from cocalc_hub.web.pages import SEGMENTS as PAGE_SEGMENTS
 from cocalc_hub.web.pages import PagesResource
 from cocalc_hub.web.site import HubSite, ListenError, Router, WebService
-from cocalc_hub.web.static import RobotsResource, StaticResource, TemplatePage
+from cocalc_hub.web.static import FaviconResource, RobotsResource, StaticResource, TemplatePage
 
 log = Logger()
 
@@ -212,6 +212,10 @@ def build_web(settings: Settings, reactor: Any) -> WebParts:
     if not settings.parts & HTTP_PARTS:
         return web  # a persist server's health listener: nothing else to serve
     r.mount("static", StaticResource(settings.static_dir, web.gzip_cache), "static")
+    favicon = FaviconResource([settings.static_dir / "favicon.ico", package_static_dir() / "favicon.ico"],
+                              web.gzip_cache)
+    r.add_root(b"/favicon.ico", favicon, "static")
+    r.mount("favicon.ico", favicon, "static")
     index = settings.static_dir / "index.html"
     if not index.is_file():
         index = package_static_dir() / "index.html"

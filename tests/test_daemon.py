@@ -44,7 +44,7 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(r.code, 200)
         self.assertIn("font-family", await r.text())
         r = await client.get(f"http://127.0.0.1:{port}/")
-        self.assertIn("CoCalc hub", await r.text())
+        self.assertIn("Welcome to CoCalc", await r.text())  # the welcome page
         await client._agent._pool.closeCachedConnections()
         transport.signalProcess("TERM")
         await proc.ended

@@ -68,6 +68,8 @@ class FrontDoorFactory(protocol.ServerFactory):
         self.proxy = proxy
         self.reactor = reactor
         self.connections: set[FrontDoor] = set()
+        self.plain = pages.Context(site.router.base.decode("ascii"))
+        """Error pages' context when nothing is known about the request."""
         self._sweeper: task.LoopingCall | None = None
         self._pool_swept = 0.0
         metrics = getattr(site, "metrics", None)
@@ -214,7 +216,8 @@ class FrontDoor(protocol.Protocol):
     def _timed_out(self) -> None:
         if self.state == HEAD:
             if self.buf:
-                self.client_write(pages.error(408, "The request took too long to arrive.", close=True))
+                self.client_write(pages.error(408, "The request took too long to arrive.", ctx=self.factory.plain,
+                                              close=True))
             self.close()
 
     # input ------------------------------------------------------------------------------
@@ -290,7 +293,7 @@ class FrontDoor(protocol.Protocol):
             self._in_process = False
 
     def _refuse(self, status: int, message: str, req: RequestHead | None = None) -> None:
-        self.client_write(pages.error(status, message, close=True))
+        self.client_write(pages.error(status, message, ctx=self.factory.plain, close=True))
         self._log(req, status, 0, time.perf_counter(), "proxy" if req is not None else "bad-request")
         self.close()
 
@@ -391,8 +394,8 @@ class FrontDoor(protocol.Protocol):
             return
         if decision.status:
             extra = [b'www-authenticate: Bearer realm="cocalc"'] if decision.status == 401 else None
-            self._respond(req, decision.status, decision.message, started,
-                          close=bool(req.length or req.chunked), extra=extra)
+            self._respond(req, decision.status, decision.message, started, close=bool(req.length or req.chunked),
+                          extra=extra, ctx=pages.refused(self.factory.plain, req.target, decision))
             return
         proxy = self.proxy
         assert proxy is not None
@@ -409,7 +412,8 @@ class FrontDoor(protocol.Protocol):
             assert route.port is not None
             port = route.port
             if port in proxy.hub_ports():
-                self._respond(req, 403, "That port belongs to the hub, not to the project.", started)
+                self._respond(req, 403, "That port belongs to the hub, not to the project.", started,
+                              ctx=pages.member(self.factory.plain, route, decision))
                 return
             project_id = route.project_id
 
@@ -424,7 +428,8 @@ class FrontDoor(protocol.Protocol):
                 d.addErrback(lambda f: self._internal_error(req, f, started))
                 return
             if not owned:
-                self._respond(req, 403, "The project does not listen on that port.", started)
+                self._respond(req, 403, "The project does not listen on that port.", started,
+                              ctx=pages.member(self.factory.plain, route, decision))
                 return
         self._forward(req, route, decision, started, port, token)
         if caller.account_id is not None:
@@ -435,7 +440,8 @@ class FrontDoor(protocol.Protocol):
         if self.state != PROXY or self.transport is None:
             return
         if not owned:
-            self._respond(req, 403, "The project does not listen on that port.", started)
+            self._respond(req, 403, "The project does not listen on that port.", started,
+                          ctx=pages.member(self.factory.plain, route, decision))
             return
         self._forward(req, route, decision, started, port, token)
 
@@ -457,7 +463,7 @@ class FrontDoor(protocol.Protocol):
             memo.target = (port, token) if route.kind == "raw" else proxy.manager.local_target(route.project_id)
         else:
             self._pending_memo = None
-        self._start_exchange(req, head, route, port, started, websocket)
+        self._start_exchange(req, head, route, port, started, websocket, decision)
 
     def _replay(self, memo: _Memo) -> bool:
         """The same request head as the previous one on this connection, with the same
@@ -476,17 +482,18 @@ class FrontDoor(protocol.Protocol):
             return False
         self.state = PROXY
         self._disarm()
-        self._start_exchange(memo.req, memo.upstream, route, memo.port, time.perf_counter(), False)
+        self._start_exchange(memo.req, memo.upstream, route, memo.port, time.perf_counter(), False, memo.decision)
         caller = memo.decision.caller
         if caller.account_id is not None:
             proxy.manager.touch(route.project_id, caller.account_id)
         return True
 
     def _start_exchange(self, req: RequestHead, head: bytes, route: Route, port: int, started: float,
-                        websocket: bool) -> None:
+                        websocket: bool, decision: Decision) -> None:
         exchange = Exchange(self, req, head, port, route.prefix if route.kind == "server" else None,
                             upgrade=websocket)
         exchange.started = started
+        exchange.route, exchange.decision = route, decision  # for an error page's advice
         self.exchange = exchange
         exchange.start()
         if self.buf and not exchange.finished:
@@ -506,9 +513,9 @@ class FrontDoor(protocol.Protocol):
             # The start form posts back with this session's CSRF token.
             cookie = self._session_cookie(req)
             token = proxy.csrf_token(cookie) if cookie else None
-        base = proxy.base.decode()
-        body = pages.not_running(member=True, api_path=f"{base}/api/v2/projects/start", project_id=route.project_id,
-                                 csrf_token=token, next_url=req.target.decode("latin-1"))
+        body = pages.not_running(ctx=pages.member(self.factory.plain, route, decision), csrf_token=token,
+                                 api_path=f"{proxy.base.decode()}/api/v2/projects/start",
+                                 next_url=req.target.decode("latin-1"))
         self.client_write(body)
         self._log(req, 503, len(body), started, "proxy")
         self._after_response(req)
@@ -521,8 +528,9 @@ class FrontDoor(protocol.Protocol):
         return cookies.get(self.proxy.names.remember_me)
 
     def _respond(self, req: RequestHead, status: int, message: str, started: float, *, close: bool = False,
-                 extra: list[bytes] | None = None) -> None:
-        body = pages.error(status, message, close=close or not req.keep_alive, extra=extra)
+                 extra: list[bytes] | None = None, ctx: pages.Context | None = None) -> None:
+        body = pages.error(status, message, ctx=ctx or self.factory.plain, close=close or not req.keep_alive,
+                           extra=extra)
         self.client_write(body)
         self._log(req, status, len(body), started, "proxy")
         if close:
@@ -544,7 +552,8 @@ class FrontDoor(protocol.Protocol):
 
     def respond_error(self, exchange: Exchange, status: int, message: str, *, close: bool) -> None:
         self.exchange = None
-        body = pages.error(status, message, close=True)
+        body = pages.error(status, message, ctx=pages.member(self.factory.plain, exchange.route, exchange.decision),
+                           close=True)
         self.client_write(body)
         self._log(exchange.req, status, len(body), exchange.started, "proxy")
         self.close()

@@ -18,7 +18,9 @@ from cocalc_hub.proxy.backend import BackendConnection
 from cocalc_hub.proxy.http1 import LAST_CHUNK, BodyFramer, HttpError, RequestHead, ResponseHead, chunk, parse_response
 
 if TYPE_CHECKING:
+    from cocalc_hub.proxy.access import Decision
     from cocalc_hub.proxy.frontdoor import FrontDoor
+    from cocalc_hub.proxy.parse import Route
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -51,6 +53,9 @@ class Exchange:
         """When the backend has been silent too long (checked by FrontDoorFactory.sweep)."""
         self.retried = False
         self.producing_for_backend = False
+        self.route: Route | None = None
+        self.decision: Decision | None = None
+        """What was authorised (set by the front door; an error page's advice depends on it)."""
 
     # start ---------------------------------------------------------------------------
 

@@ -257,8 +257,10 @@ def serve_file(
     st: os.stat_result | None = None,
     extra_headers: dict[bytes, bytes] | None = None,
     body: bytes | None = None,
+    tag: bytes | None = None,
 ) -> Any:
-    """Answer a GET/HEAD for one file. ``body`` overrides the file's bytes (templated pages)."""
+    """Answer a GET/HEAD for one file. ``body`` overrides the file's bytes (templated pages);
+    ``tag`` then names that body in the ETag (default: its size and the file's mtime)."""
     if st is None:
         st = path.stat()
     if not stat.S_ISREG(st.st_mode):
@@ -267,7 +269,7 @@ def serve_file(
     ctype = content_type(path.name)
     compressible = gzip_cache is not None and is_compressible(ctype) and GZIP_MIN <= size <= GZIP_MAX
     use_gzip = compressible and accepts_gzip(request)
-    base_tag = b'"%x-%x' % (size, st.st_mtime_ns)
+    base_tag = b'"%x-%x' % (size, st.st_mtime_ns) if tag is None else b'"' + tag
     etag_plain, etag_gz = base_tag + b'"', base_tag + b'-gz"'
     etag = etag_gz if use_gzip else etag_plain
 

@@ -28,7 +28,7 @@ from cocalc_hub.auth.cookies import parse_cookie_header
 from cocalc_hub.db.store import DatabaseUnavailable, is_uuid, normalize_uuid
 from cocalc_hub.packaged import package_path
 from cocalc_hub.web.api import ApiServices, safe_next
-from cocalc_hub.web.errors import error_page
+from cocalc_hub.web.errors import SITE_NAME, error_page
 from cocalc_hub.web.files import GzipCache
 from cocalc_hub.web.request import HubRequest
 from cocalc_hub.web.resource import HubResource
@@ -146,31 +146,57 @@ class PagesResource(HubResource):
         return NOT_DONE_YET
 
     async def _render(self, request: HubRequest) -> bytes:
+        seen: list[Caller] = []  # who is asking, once known: error pages then show their links
         try:
-            return await self._page(request)
+            return await self._page(request, seen)
         except AuthError as e:
-            return error_page(request, e.status, e.message)
+            project = _project_id_of(request.rel_path.rstrip(b"/"))
+            return await self._error(request, seen, e.status, e.message, project=project)
         except DatabaseUnavailable:
             return error_page(request, 503, "The database is unavailable; try again shortly.")
         except Exception:
             log.failure("page error in {path}", path=request.path)
             return error_page(request, 500, "Something went wrong on the hub.")
 
-    async def _page(self, request: HubRequest) -> bytes:
+    async def _error(self, request: HubRequest, seen: list[Caller], status: int, message: str, *,
+                     project: str | None = None) -> bytes:
+        """An error page with this caller's links and a hint on what to do next."""
+        caller = seen[0] if seen else None
+        home = f'<a href="{html.escape(self.prefix, quote=True)}/">the projects page</a>'
+        hint = None
+        if project and status == 403:
+            hint = f"<p>Ask the project's owner to add you as a collaborator. Your own projects are on {home}.</p>"
+        elif project and status == 404:
+            hint = f"<p>It may have been deleted, or the address is wrong. Your projects are on {home}.</p>"
+        elif status == 403:
+            hint = f"<p>Ask an administrator of this hub. Your projects are on {home}.</p>"
+        nav = self._nav(caller, script=False) if caller is not None else None
+        return error_page(request, status, message, extra_html=hint, nav=nav, site=await self._site_name())
+
+    async def _site_name(self) -> str:
+        """The site_name setting; its default while the database is away (for pages that do
+        not need the database otherwise: the welcome page, error pages)."""
+        try:
+            return await self.services.accounts.settings.get("site_name") or SITE_NAME
+        except DatabaseUnavailable:
+            return SITE_NAME
+
+    async def _page(self, request: HubRequest, seen: list[Caller]) -> bytes:
         rel = request.rel_path.rstrip(b"/") or b"/"
         project_id = _project_id_of(rel)
         page = PROJECT_PAGE if project_id else PAGES.get(rel.decode("latin-1"))
-        if page is None:
-            return error_page(request, 404, "There is nothing here.")
         services = self.services
         cookies = parse_cookie_header(b"; ".join(request.requestHeaders.getRawHeaders(b"cookie") or []))
         # Browser pages use cookies only: a Bearer header is for scripts, not for pages.
         caller = await services.auth.identify(cookies, None, ("remember_me", "api_key_cookie"))
+        seen.append(caller)
+        if page is None:
+            return await self._error(request, seen, 404, "There is nothing here.")
         signed_in = caller.is_account
         query = dict(parse_qsl(request.uri.partition(b"?")[2].decode("utf-8", "replace")))
         if rel == b"/" and not signed_in:
             request.setHeader(b"content-security-policy", CSP)
-            body = cast(bytes, self.landing.render_GET(request))
+            body = cast(bytes, self.landing.render_GET(request, await self._site_name()))
             vary = request.responseHeaders.getRawHeaders(b"vary") or []
             request.setHeader(b"vary", b", ".join([*vary, b"Cookie"]))  # signed in, "/" is the dashboard
             return body
@@ -181,7 +207,7 @@ class PagesResource(HubResource):
             here = request.uri.decode("latin-1")
             return self._redirect(request, f"{self.prefix}/auth/sign-in?next={quote(here, safe='/')}")
         elif page.access == "admin" and not caller.is_admin:
-            return error_page(request, 403, "Only administrators may open this page.")
+            return await self._error(request, seen, 403, "Only administrators may open this page.")
         title = page.title
         if project_id:
             project = await services.projects.access(caller, project_id, write=False)
@@ -226,8 +252,9 @@ class PagesResource(HubResource):
         request.setHeader(b"referrer-policy", b"same-origin")
         return text.encode("utf-8")
 
-    def _nav(self, caller: Caller) -> str:
-        """The header links: what a signed-in account may open, or sign-in/sign-up."""
+    def _nav(self, caller: Caller, *, script: bool = True) -> str:
+        """The header links: what a signed-in account may open, or sign-in/sign-up (sign-out
+        is a scripted button: not on error pages, which have no script)."""
         p = html.escape(self.prefix, quote=True)
         if not caller.is_account:
             return (f'<a href="{p}/auth/sign-in">Sign in</a>'
@@ -235,5 +262,6 @@ class PagesResource(HubResource):
         links = [f'<a href="{p}/">Projects</a>', f'<a href="{p}/settings">Account</a>']
         if caller.is_admin:
             links.append(f'<a href="{p}/admin">Admin</a>')
-        links.append('<button type="button" id="sign-out" class="link">Sign out</button>')
+        if script:
+            links.append('<button type="button" id="sign-out" class="link">Sign out</button>')
         return "".join(links)

@@ -30,6 +30,8 @@ class HubRequest(server.Request):
     """The raw path below the matched mount point ('' or starting with '/')."""
     json_errors: bool = False
     trust_proxy: bool = False
+    base_prefix: bytes = b""
+    """BASE_PATH without its trailing slash (``b""`` for ``/``), for links on error pages."""
     sitepath: list[bytes]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -113,6 +113,7 @@ class Router:
         request.rel_path = rel
         request.mount_rest = rest
         request.json_errors = mount.json_errors
+        request.base_prefix = self.base
         request.prepath = []
         request.postpath = []
         request.setHeader(b"server", SERVER_HEADER)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import re
 from pathlib import Path
 from typing import Any, cast
 
 from twisted.web.server import Request
 
-from cocalc_hub.web.errors import error_page
+from cocalc_hub.web.errors import SITE_NAME, error_page
 from cocalc_hub.web.files import GzipCache, UnsafePath, decode_segments, safe_resolve, serve_file
 from cocalc_hub.web.request import HubRequest
 from cocalc_hub.web.resource import HubResource
@@ -52,7 +54,8 @@ class StaticResource(HubResource):
 
 
 class TemplatePage(HubResource):
-    """A page from the assets folder with ``{{base}}`` replaced by the base path prefix."""
+    """A page from the assets folder with ``{{base}}`` replaced by the base path prefix and
+    ``{{site}}`` by the site's name."""
 
     def __init__(self, path: Path, base_path: str, gzip_cache: GzipCache | None = None) -> None:
         super().__init__()
@@ -67,14 +70,37 @@ class TemplatePage(HubResource):
             self._cache = (mtime_ns, text.encode("utf-8"))
         return self._cache[1]
 
-    def render_GET(self, request: Request) -> Any:
+    def render_GET(self, request: Request, site: str = SITE_NAME) -> Any:
         try:
             st = self.path.stat()
-            body = self._body(st.st_mtime_ns)
+            body = self._body(st.st_mtime_ns).replace(b"{{site}}", html.escape(site).encode("utf-8"))
         except OSError:
             return error_page(request, 404, "There is nothing here.")
+        # The ETag follows the content: a new site name is not answered with a 304.
+        tag = b"%x-%s" % (st.st_mtime_ns, hashlib.sha256(body).hexdigest()[:16].encode())
         return serve_file(request, self.path, st=st, body=body, cache_control=CACHE_HTML,
-                          gzip_cache=self.gzip_cache)
+                          gzip_cache=self.gzip_cache, tag=tag)
+
+
+class FaviconResource(HubResource):
+    """``/favicon.ico``, which browsers ask for at the host root and under the base path: the
+    first of ``candidates`` that exists (the --static folder's own, then the package's)."""
+
+    def __init__(self, candidates: list[Path], gzip_cache: GzipCache | None = None) -> None:
+        super().__init__()
+        self.candidates = candidates
+        self.gzip_cache = gzip_cache or GzipCache()
+
+    def render_GET(self, request: Request) -> Any:
+        if cast(HubRequest, request).mount_rest:
+            return error_page(request, 404, "There is nothing here.")
+        for path in self.candidates:
+            try:
+                return serve_file(request, path, st=path.stat(), cache_control="public, max-age=86400",
+                                  gzip_cache=self.gzip_cache)
+            except (UnsafePath, OSError):
+                continue
+        return error_page(request, 404, "There is nothing here.")
 
 
 class RobotsResource(HubResource):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from tests.proxy.support import Harness, keep_alive, ws_echo, ws_handshake
+from tests.support import free_tcp_port
 
 
 class AccessMatrixTests(unittest.TestCase):
@@ -176,12 +178,52 @@ class AccessMatrixTests(unittest.TestCase):
         after = (await h.backend_stats())["requests"]
         self.assertEqual(after - before, 1)
 
+    async def test_error_pages_say_what_to_do(self) -> None:
+        """The site's top bar, and the next step; project links only for members, and a refused
+        caller gets the same page whether or not the project exists."""
+        h = self.h
+        base = h.path_base
+        target = f"{base}/{h.a}/server/{h.port_a}/x?q=<b>&r=1"
+        status, headers, body, _ = await h.get(target[len(base):])
+        self.assertEqual(status, 401)
+        self.assertIn(b'<header class="top"><a class="brand" href="' + f"{base}/".encode(), body)
+        self.assertIn(f'href="{base}/auth/sign-in?next={quote(target, safe="/")}"'.encode(), body)
+        self.assertNotIn(b"<b>", body)
+        self.assertNotIn(b"/projects/", body)
+        self.assertIn("style-src 'self'", headers["content-security-policy"])
+        self.assertNotIn("unsafe-inline", headers["content-security-policy"])
+        self.assertNotIn(b"<style", body)
+        self.assertNotIn(b"<script", body)
+        unknown = "0b6c2b80-66a5-4a5e-9c49-2d7a4c1f7e11"
+        pages = []
+        for project in (h.a, unknown):
+            status, _, body, _ = await h.get(f"/{project}/server/{h.port_a}/x", client=h.outsider)
+            self.assertEqual(status, 403)
+            pages.append(body)
+        self.assertEqual(pages[0], pages[1])
+        self.assertIn(b"ask the project's owner to add you", pages[0])
+        self.assertIn(f'<a href="{base}/">your projects</a>'.encode(), pages[0])
+        self.assertNotIn(b"/projects/", pages[0])
+        # Members: a link to the project's page, and advice about the port.
+        project_link = f'href="{base}/projects/{h.a}"'.encode()
+        idle = free_tcp_port()
+        status, _, body, _ = await h.get(f"/{h.a}/port/{idle}/", client=h.owner)
+        self.assertEqual(status, 403)
+        self.assertIn(project_link, body)
+        self.assertIn(f"listens on port {idle}".encode(), body)
+        status, _, body, _ = await h.get(f"/{h.a}/server/{h.port_a}/special/close", client=h.owner)
+        self.assertEqual(status, 502)
+        self.assertIn(project_link, body)
+        self.assertIn(f"The server on port {h.port_a} is not answering".encode(), body)
+        self.assertIn(f'<a href="{base}/settings">Account</a>'.encode(), body)  # signed in: their links
+
     async def test_not_running_page(self) -> None:
         h = self.h
         await h.owner.post("projects/stop", {"project_id": h.a})
         status, headers, body, _ = await h.get(f"/{h.a}/server/{h.port_a}/x?y=1", client=h.owner)
         self.assertEqual(status, 503)
         self.assertIn(b"Project is not running", body)
+        self.assertIn(f'href="{h.path_base}/projects/{h.a}"'.encode(), body)
         self.assertIn(b'name="csrf_token"', body)
         self.assertIn(b'value="/' + f"{h.a}/server/{h.port_a}/x?y=1".encode() + b'"', body)
         status, _, body, _ = await h.get(f"/{h.a}/server/{h.port_a}/x", client=h.outsider)

@@ -1,4 +1,4 @@
-"""Route parsing, HTTP/1 heads and bodies, and header rewriting."""
+"""Route parsing, HTTP/1 heads and bodies, header rewriting and the proxy's own pages."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import base64
 from twisted.trial import unittest
 
 from cocalc_hub.auth.cookies import CookieNames
+from cocalc_hub.proxy import pages
 from cocalc_hub.proxy.headers import (
     is_hub_credential,
     request_headers,
@@ -190,3 +191,47 @@ class HeaderTests(unittest.TestCase):
         self.assertEqual(rewrite_location(b"http://127.0.0.1:9999/x", 8000, p), b"http://127.0.0.1:9999/x")
         self.assertEqual(rewrite_location(b"relative", 8000, p), b"relative")
         self.assertEqual(rewrite_location(b"http://127.0.0.1/x", 80, None), b"/x")
+
+
+class PageTests(unittest.TestCase):
+    """The proxy's error pages: links under the base path, nothing of the request unescaped."""
+
+    def body(self, status: int, ctx: pages.Context) -> str:
+        raw = pages.error(status, "some message", ctx=ctx)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertIn(b"content-length: %d" % len(body), head)
+        return body.decode()
+
+    def test_sign_in_next_is_the_same_path_percent_encoded(self) -> None:
+        target = f'/my/hub/{PID}/port/80/"><script>alert(1)</script>?a=1&b=\u00e9'
+        text = self.body(401, pages.Context("/my/hub", target=target, signed_in=False))
+        self.assertNotIn("<script>", text)
+        self.assertIn('href="/my/hub/auth/sign-in?next=/my/hub/' + PID + '/port/80/%22%3E%3Cscript%3E', text)
+        self.assertIn("%3Fa%3D1%26b%3D%C3%A9", text)
+        self.assertIn('<a href="/my/hub/auth/sign-up">Sign up</a>', text)
+        for bad in ("//evil.example/x", "https://evil.example/", "/x" * 2000):
+            text = self.body(401, pages.Context("/my/hub", target=bad, signed_in=False))
+            self.assertIn('href="/my/hub/auth/sign-in"', text)
+            self.assertNotIn("evil", text)
+
+    def test_project_links_only_for_members(self) -> None:
+        outsider = self.body(403, pages.Context("", target=f"/{PID}/port/80/", signed_in=True))
+        self.assertNotIn(PID, outsider)
+        self.assertIn("ask the project's owner", outsider)
+        member = pages.Context("/b", signed_in=True, project_id=PID, port=8000)
+        for status, words in ((403, "listens on port 8000"), (502, "The server on port 8000 is not answering"),
+                              (504, "port 8000 may be busy")):
+            text = self.body(status, member)
+            self.assertIn(f'href="/b/projects/{PID}"', text)
+            self.assertIn(words, text)
+        raw = self.body(502, pages.Context("", project_id=PID, raw=True))
+        self.assertIn("file server is not answering", raw)
+        self.assertIn('<a href="/">Projects</a><a href="/auth/sign-in">Sign in</a>', raw)  # not known who
+
+    def test_plain_pages_and_headers(self) -> None:
+        raw = pages.error(400, "path tricks are not allowed in proxied URLs", ctx=pages.Context("/b"), close=True)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertIn(b"connection: close", head)
+        self.assertIn(b"content-security-policy: default-src 'none'; style-src 'self'", head)
+        self.assertIn(b"Path tricks are not allowed in proxied URLs.", body)  # a sentence
+        self.assertIn(b'href="/b/static/app.css"', body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ class Flow:
         self.page = page
         return page
 
+    def visible_errors(self, page: Page) -> int:
+        """How many error messages the page shows (an API error must appear once)."""
+        return page.locator(".error:visible").count()
+
     def new_context(self, browser: Browser, **kw: Any) -> BrowserContext:
         context = browser.new_context(viewport={"width": 1100, "height": 800}, **kw)
         context.set_default_timeout(TIMEOUT_MS)
@@ -85,8 +90,14 @@ class Flow:
         owner = self.new_context(browser)
         page = self.watch(owner.new_page())
         page.goto(f"{self.base}/")
-        expect(page.get_by_role("link", name="Sign up")).to_be_visible()
+        expect(page.locator("header.top nav").get_by_role("link", name="Sign in")).to_be_visible()
+        expect(page.locator("header.top .brand")).to_have_text("CoCalc")
         self.shot(page, "welcome")
+        icon = page.locator('link[rel="icon"]').get_attribute("href") or ""
+        favicons = {path: page.request.get(self.origin() + path).status
+                    for path in (icon, f"{self.prefix}/favicon.ico", "/favicon.ico")}
+        self.report("welcome", favicons=favicons)
+        self.not_found(page)
         self.sign_up(page, "ada@example.com", shots=True)
         self.shot(page, "dashboard-empty")
 
@@ -130,6 +141,7 @@ class Flow:
         self.outsider(browser, project_id, running=True)
         self.stop(page, project_id)
         self.outsider(browser, project_id, running=False)
+        self.shared(browser, page)
         self.manage(page)
         self.admin(page)
         self.phone(browser, owner, project_id)
@@ -139,6 +151,19 @@ class Flow:
         assert response is not None
         self.report("signed-out", raw_status=response.status)
         self.report("console", problems=self.problems)
+
+    def origin(self) -> str:
+        return self.base[: len(self.base) - len(self.prefix)]
+
+    def not_found(self, page: Page) -> None:
+        """The site's 404: its top bar, a way back, nothing of the URL."""
+        response = page.goto(f"{self.base}/projects/no-such-thing")
+        assert response is not None
+        expect(page.locator("header.top")).to_be_visible()
+        self.shot(page, "site-404")
+        page.locator("main").get_by_role("link", name="your projects").click()
+        page.wait_for_url(f"{self.base}/")
+        self.report("site-404", status=response.status, back=page.url)
 
     def dashboard(self, page: Page) -> str:
         page.get_by_label("New project title").fill("Web test")
@@ -201,6 +226,26 @@ class Flow:
         page.go_back()
         expect(page.locator("#project-state")).to_have_text("Running")
         self.report("web-server", exec_output=output[-300:], server=server_heading, port=port_heading)
+        self.bad_gateway(page, project_id)
+
+    def bad_gateway(self, page: Page, project_id: str) -> None:
+        """A server in the project that accepts connections and closes them unanswered: 502."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        closer = ("python3 -u -c \"import socket; s = socket.socket(); "
+                  "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                  f"s.bind(('127.0.0.1', {port})); s.listen(); print('closing every connection', flush=True); "
+                  "exec('while True: s.accept()[0].close()')\"")
+        self.run_command(page, closer, wait_for="closing every connection")
+        response = page.goto(f"{self.base}/{project_id}/server/{port}/")
+        assert response is not None
+        expect(page.locator("main")).to_contain_text(f"The server on port {port} is not answering")
+        self.shot(page, "proxy-502")
+        page.locator("main").get_by_role("link", name="the project's page").click()
+        page.wait_for_url(f"{self.base}/projects/{project_id}")
+        expect(page.locator("#project-state")).to_have_text("Running")
+        self.report("proxy-502", status=response.status)
 
     def outsider(self, browser: Browser, project_id: str, *, running: bool) -> None:
         """A second account must not reach anything of the first one's project."""
@@ -226,6 +271,10 @@ class Flow:
             if "hello from raw" in body or "Served" in body:
                 statuses[path] = f"LEAKED {response.status}"
         self.shot(page, f"outsider-{'running' if running else 'stopped'}")
+        if running:
+            page.goto(f"{self.base}/{project_id}/server/{self.port}/")
+            expect(page.locator("main")).to_contain_text("ask the project's owner to add you")
+            self.shot(page, "proxy-403")
         context.close()
         self.page = previous
         self.report("outsider", running=running, statuses=statuses)
@@ -239,8 +288,40 @@ class Flow:
         self.shot(page, "project-stopped")
         response = page.goto(f"{self.base}/{project_id}/server/{self.port}/")
         assert response is not None
-        self.shot(page, "server-while-stopped")
+        expect(page.locator("main").get_by_role("button", name="Start the project")).to_be_visible()
+        self.shot(page, "proxy-not-running")
         self.report("stopped", member_status=response.status, page=page.locator("body").inner_text()[:200])
+
+    def shared(self, browser: Browser, page: Page) -> None:
+        """Eve shares a project of hers with Ada: Ada's dashboard marks it as shared."""
+        previous = self.page
+        context = self.new_context(browser)
+        eve = self.watch(context.new_page())
+        eve.goto(f"{self.base}/auth/sign-in")
+        eve.get_by_label("Email address").fill("eve@example.com")
+        eve.get_by_label("Password").fill(PASSWORD)
+        eve.get_by_role("button", name="Sign in").click()
+        eve.wait_for_url(f"{self.base}/")
+        eve.get_by_label("New project title").fill("Eve's notes")
+        eve.get_by_role("button", name="Create project").click()
+        card = eve.locator("#projects .card", has_text="Eve's notes")
+        expect(card.locator(".state")).to_have_text("Stopped")
+        expect(card.locator(".shared")).to_be_hidden()  # her own
+        card.locator("summary").click()
+        card.get_by_label("Add by email").fill("ada@example.com")
+        card.get_by_role("button", name="Add", exact=True).click()
+        expect(card.locator(".collabs li")).to_have_count(2)
+        context.close()
+        self.page = previous
+        page.goto(f"{self.base}/")
+        theirs = page.locator("#projects .card", has_text="Eve's notes")
+        expect(theirs.locator(".shared")).to_have_text("Shared with you")
+        expect(page.locator("#projects .card", has_text="Web test").locator(".shared")).to_be_hidden()
+        theirs.locator("summary").click()
+        delete_hidden = theirs.get_by_role("button", name="Delete project").is_hidden()  # only the owner may
+        self.shot(page, "dashboard-shared")
+        theirs.locator("summary").click()
+        self.report("shared", delete_hidden=delete_hidden)
 
     def manage(self, page: Page) -> None:
         """Rename, and add and remove a collaborator by email, from the dashboard."""
@@ -252,8 +333,11 @@ class Flow:
         expect(card.locator(".p-title")).to_have_text("Web test renamed")
         card.get_by_label("Add by email").fill("nobody@example.com")
         card.get_by_role("button", name="Add", exact=True).click()
-        expect(card.locator(".error")).to_be_visible()
-        unknown = card.locator(".error").inner_text()
+        error = card.locator(".add-collab .error")
+        expect(error).to_be_visible()
+        unknown = error.inner_text()
+        errors_shown = self.visible_errors(page)  # once, and inside the form that failed
+        self.shot(page, "api-error-in-form")
         card.get_by_label("Add by email").fill("eve@example.com")
         card.get_by_role("button", name="Add", exact=True).click()
         expect(card.locator(".collabs li")).to_have_count(2)
@@ -263,7 +347,7 @@ class Flow:
         card.get_by_label("Title").fill("Web test")
         card.get_by_role("button", name="Rename").click()
         expect(card.locator(".p-title")).to_have_text("Web test")
-        self.report("manage", unknown_email_error=unknown)
+        self.report("manage", unknown_email_error=unknown, errors_shown=errors_shown)
 
     def become_admin(self, page: Page) -> None:
         """Sign-up made no administrator: the hub's one-time setup link makes one."""
@@ -289,6 +373,24 @@ class Flow:
         expect(page.locator("#all-projects")).to_contain_text("Web test")
         expect(page.locator("#signup-mode")).to_have_text("Sign-up is open.")
         self.shot(page, "admin")
+        openapi = page.get_by_role("link", name="OpenAPI document").get_attribute("href") or ""
+        spec = page.request.get(self.origin() + openapi)
+        paths = len(spec.json()["paths"]) if spec.ok else 0
+        # Errors appear once, next to what failed: a token that exists already (409)…
+        token_form = page.locator("#token-form")
+        for created in (True, False):
+            token_form.get_by_label(re.compile("^Token")).fill("class-of-2024")
+            token_form.get_by_role("button", name="Create token").click()
+            if created:
+                expect(page.locator("#tokens")).to_contain_text("class-of-2024")
+        expect(token_form.locator(".error")).to_contain_text("already exists")
+        self.shot(page, "api-error-admin-token")
+        token_errors = self.visible_errors(page)
+        # …then removing one's own admin rights (400): the token's error goes, this one shows.
+        page.get_by_role("button", name="Remove admin: ada@example.com").click()
+        expect(page.locator("#accounts-error")).to_contain_text("own admin rights")
+        expect(token_form.locator(".error")).to_be_hidden()
+        admin_errors = self.visible_errors(page)
         # Closing sign-up takes effect on the sign-up page.
         page.get_by_label("Sign-up with email").select_option("no")
         page.get_by_role("button", name="Save settings").click()
@@ -300,7 +402,8 @@ class Flow:
         form_hidden = other.locator("#sign-up-form").is_hidden()
         self.shot(other, "sign-up-closed")
         visitor.close()
-        self.report("admin", accounts=page.locator("#accounts tr").count(), signup_form_hidden=form_hidden)
+        self.report("admin", accounts=page.locator("#accounts tr").count(), signup_form_hidden=form_hidden,
+                    openapi_paths=paths, token_errors=token_errors, admin_errors=admin_errors)
 
     def phone(self, browser: Browser, owner: BrowserContext, project_id: str) -> None:
         """The same pages on a phone-sized screen, with the owner's cookies."""
@@ -309,16 +412,21 @@ class Flow:
         previous = self.page
         page = self.watch(phone.new_page())
         page.goto(f"{self.base}/")
-        expect(page.locator("#projects .card")).to_have_count(1)
+        expect(page.locator("#projects .card")).to_have_count(2)
         width = page.evaluate("document.documentElement.scrollWidth")
         self.shot(page, "phone-dashboard")
         page.goto(f"{self.base}/projects/{project_id}")
         expect(page.locator("#project-state")).to_have_text("Stopped")
         project_width = page.evaluate("document.documentElement.scrollWidth")
         self.shot(page, "phone-project")
+        page.goto(f"{self.base}/admin")
+        expect(page.locator("#accounts tr")).to_have_count(2)
+        expect(page.locator("#all-projects tr")).to_have_count(2)
+        admin_width = page.evaluate("document.scrollingElement.scrollWidth")
+        self.shot(page, "phone-admin")
         phone.close()
         self.page = previous
-        self.report("phone", scroll_width=max(width, project_width))
+        self.report("phone", scroll_width=max(width, project_width), admin_width=admin_width)
 
 
 def main() -> int:

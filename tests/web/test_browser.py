@@ -83,15 +83,27 @@ class BrowserTests(unittest.TestCase):
         self.assertTrue(steps["manage"]["unknown_email_error"][0].isupper())
         self.assertIn("not valid", steps["setup-admin"]["wrong_token"])
         self.assertIn("already exists", steps["setup-admin"]["reused"])
+        self.assertEqual(steps["manage"]["errors_shown"], 1)  # once, inside the form that failed
         self.assertEqual(steps["admin"]["accounts"], 2)
         self.assertTrue(steps["admin"]["signup_form_hidden"])
+        self.assertEqual((steps["admin"]["token_errors"], steps["admin"]["admin_errors"]), (1, 1))
+        self.assertGreaterEqual(steps["admin"]["openapi_paths"], 28)
         self.assertLessEqual(steps["phone"]["scroll_width"], 390)  # no sideways scrolling on a phone
+        self.assertLessEqual(steps["phone"]["admin_width"], 390)
+        self.assertEqual(set(steps["welcome"]["favicons"].values()), {200}, steps["welcome"])
+        self.assertEqual(steps["site-404"]["status"], 404)
+        self.assertEqual(steps["site-404"]["back"], hub.url("/"))
+        self.assertEqual(steps["proxy-502"]["status"], 502)
+        self.assertTrue(steps["shared"]["delete_hidden"])
         self.assertEqual(steps["signed-out"]["raw_status"], 401)
         self.assertEqual(steps["console"]["problems"], [])
         manager = hub.hub.projects.manager  # type: ignore[union-attr]
         self.assertEqual(list(manager.active), [])  # stopped from the page: nothing left running
         shots = sorted(p.name for p in ARTIFACTS.glob("*.png"))
-        self.assertGreaterEqual(len(shots), 21, shots)
+        self.assertGreaterEqual(len(shots), 28, shots)
+        for name in ("welcome", "site-404", "proxy-403", "proxy-502", "proxy-not-running", "dashboard-shared",
+                     "api-error-in-form", "api-error-admin-token", "phone-admin"):
+            self.assertTrue(any(shot.endswith(f"-{name}.png") for shot in shots), name)
 
     def outsider_steps(self, output: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in output.splitlines()

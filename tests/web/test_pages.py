@@ -94,6 +94,14 @@ class PagesTests(unittest.TestCase):
             self.assertNotRegex(text, r"<[^>]+\sstyle\s*=", path)
             self.assertNotIn("<style", text, path)
             self.assertNotIn("javascript:", text, path)
+        errors = [(self.user, "/admin"), (self.user, "/projects/nothing"), (self.anon, "/auth/nothing")]
+        for client, path in errors:  # error pages: no script at all
+            r = await self.page(client, path)
+            self.assertGreaterEqual(r.code, 400, path)
+            self.assertNotIn("<script", r.body.decode(), path)
+            self.assertNotRegex(r.body.decode(), r"<[^>]+\sstyle\s*=", path)
+            self.assertNotIn("<style", r.body.decode(), path)
+            self.assertNotIn("unsafe-inline", self.header(r, "content-security-policy"), path)
         for name in ("sign-in", "sign-up"):
             text = (await self.page(self.anon, f"/auth/{name}")).body.decode()
             self.assertIn('<form id="' + name + '-form"', text)
@@ -118,10 +126,49 @@ class PagesTests(unittest.TestCase):
         self.assertEqual((await self.page(self.user, "/auth/sign-up")).code, 303)
 
     async def test_admin_page_is_for_admins(self) -> None:
-        self.assertEqual((await self.page(self.admin, "/admin")).code, 200)
+        r = await self.page(self.admin, "/admin")
+        self.assertEqual(r.code, 200)
+        self.assertIn(f'href="{self.prefix}/api/v2/openapi.json"', r.body.decode())  # the API's description
         r = await self.page(self.user, "/admin")
         self.assertEqual(r.code, 403)
         self.assertIn(b"Only administrators", r.body)
+
+    async def test_error_pages_have_the_header_and_a_way_on(self) -> None:
+        """The site's top bar with this visitor's links (no script: no sign-out button), the
+        site's name, and what to do next."""
+        self.assertEqual((await self.admin.post("admin/set-setting", {"name": "site_name", "value": "Lab <hub>"})
+                          ).code, 200)
+        r = await self.page(self.user, "/admin")
+        text = r.body.decode()
+        self.assertIn('<header class="top"><a class="brand" href="' + self.prefix + '/">Lab &lt;hub&gt;</a>', text)
+        self.assertIn(f'<a href="{self.prefix}/settings">Account</a>', text)
+        self.assertNotIn("sign-out", text)
+        self.assertIn("Ask an administrator", text)
+        project = (await self.admin.post("projects/create", {"title": "Theirs"})).json["project_id"]
+        r = await self.page(self.user, f"/projects/{project}")
+        self.assertEqual(r.code, 403)
+        self.assertIn(b"You are not a collaborator on this project.", r.body)  # a sentence
+        self.assertIn(b"Ask the project's owner to add you", r.body)
+        self.assertIn(f'href="{self.prefix}/"'.encode(), r.body)
+        self.assertNotIn(b"Theirs", r.body)
+        r = await self.page(self.user, f"/projects/{UUID}")
+        self.assertEqual(r.code, 404)
+        self.assertIn(b"It may have been deleted", r.body)
+        r = await self.page(self.anon, "/auth/nothing")
+        self.assertEqual(r.code, 404)
+        self.assertIn(f'<a href="{self.prefix}/auth/sign-in">Sign in</a>'.encode(), r.body)
+        self.assertIn(f'<link rel="icon" href="{self.prefix}/static/favicon.svg"'.encode(), r.body)
+
+    async def test_projects_get_tells_the_callers_group(self) -> None:
+        """The dashboard marks projects shared with the caller (group is not owner)."""
+        project = (await self.admin.post("projects/create", {"title": "Shared"})).json["project_id"]
+        r = await self.admin.post("projects/collaborators/add", {"project_id": project, "email": "user@example.com"})
+        self.assertEqual(r.code, 200)
+        own = (await self.user.post("projects/create", {"title": "Own"})).json["project_id"]
+        groups = {p["project_id"]: p["group"] for p in (await self.user.get("projects/get")).json}
+        self.assertEqual(groups, {project: "collaborator", own: "owner"})
+        one = (await self.admin.post("projects/get", {"project_id": own})).json  # an admin, not a member
+        self.assertIsNone(one[0]["group"])
 
     async def test_project_page_access_and_escaping(self) -> None:
         title = '<script>alert(1)</script> {{csrf}} "quoted"'

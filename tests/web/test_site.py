@@ -132,6 +132,36 @@ class BasePathTests(unittest.TestCase):
         self.assertEqual(await self.status("/my/hubx/static/hub.css"), 404)
         self.assertEqual(await self.status("/my/static/hub.css"), 404)
 
+    async def test_favicon_at_host_root_and_base_path(self) -> None:
+        """Browsers ask for /favicon.ico whatever the page links: it is answered, not a 404."""
+        for path in ("/favicon.ico", "/my/hub/favicon.ico"):
+            raw = await raw_http(self.hub.port, raw_get(path))
+            status, headers, body = parse_response(raw)
+            self.assertEqual((status, headers["content-type"]), (200, "image/vnd.microsoft.icon"), path)
+            self.assertEqual(body[:4], b"\x00\x00\x01\x00", path)  # an ICO header
+            self.assertIn("max-age", headers["cache-control"])
+        raw = await raw_http(self.hub.port, raw_get("/my/hub/static/favicon.svg"))
+        status, headers, body = parse_response(raw)
+        self.assertEqual((status, headers["content-type"].split(";")[0]), (200, "image/svg+xml"))
+        self.assertEqual(await self.status("/my/hub/favicon.ico/x"), 404)
+
+    async def test_error_pages_have_the_top_bar_under_base_path(self) -> None:
+        raw = await raw_http(self.hub.port, raw_get("/my/hub/nothing/<b>here</b>"))
+        status, headers, body = parse_response(raw)
+        self.assertEqual(status, 404)
+        text = body.decode()
+        self.assertIn('<header class="top"><a class="brand" href="/my/hub/">', text)
+        self.assertIn('href="/my/hub/auth/sign-in"', text)
+        self.assertIn('<link rel="stylesheet" href="/my/hub/static/app.css">', text)
+        self.assertNotIn("<b>", text)
+        self.assertNotIn("<style", text)
+        self.assertNotIn("<script", text)
+        self.assertNotIn("unsafe-inline", headers["content-security-policy"])
+        self.assertIn("style-src 'self'", headers["content-security-policy"])
+        # Outside the base path too, the links lead back into it.
+        raw = await raw_http(self.hub.port, raw_get("/elsewhere"))
+        self.assertIn(b'href="/my/hub/"', parse_response(raw)[2])
+
     async def test_base_without_slash_redirects(self) -> None:
         raw = await raw_http(self.hub.port, raw_get("/my/hub"))
         status, headers, _ = parse_response(raw)
@@ -146,7 +176,7 @@ class BasePathTests(unittest.TestCase):
 
     async def test_index_links_use_base(self) -> None:
         r = await self.client.get(self.hub.url("/"))
-        self.assertIn('href="/my/hub/static/hub.css"', await r.text())
+        self.assertIn('href="/my/hub/static/app.css"', await r.text())
 
 
 class _Slow(Resource):

@@ -192,6 +192,8 @@ class StaticTests(unittest.TestCase):
         # The static dir here has no index.html: the packaged placeholder is used.
         status, headers, body = await self.get("/")
         self.assertEqual(status, 200)
-        self.assertIn(b"CoCalc hub", body)
+        self.assertIn(b"Welcome to CoCalc", body)  # {{site}}: the default name without the web UI
         self.assertEqual(headers["cache-control"], "no-cache")
-        self.assertIn(b'href="/static/hub.css"', body)
+        self.assertIn(b'href="/static/app.css"', body)
+        self.assertIn(b'<header class="top">', body)  # the same top bar as the other pages
+        self.assertIn(b'<link rel="icon" href="/static/favicon.svg"', body)

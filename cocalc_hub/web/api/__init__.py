@@ -1,9 +1,11 @@
 """The JSON API under ``BASE_PATH/api/v2/``: routing, bodies, auth, CSRF, errors.
 
-Endpoints are ``async def handler(ctx) -> dict`` registered with :func:`endpoint`.
-Parameters come from the JSON or urlencoded POST body (upstream's convention), and for
-read-only endpoints also from the query string of a GET. Errors are JSON with a real
-HTTP status (upstream answers 200 with ``{error}``).
+Endpoints are ``async def handler(ctx) -> dict`` registered with :func:`endpoint`, which
+also describes them (summary, parameters, statuses) for the OpenAPI document served at
+``api/v2/openapi.json`` (:mod:`cocalc_hub.web.api.openapi`), so the document is made from the
+same registry that routes requests. Parameters come from the JSON or urlencoded POST body
+(upstream's convention), and for read-only endpoints also from the query string of a GET.
+Errors are JSON with a real HTTP status (upstream answers 200 with ``{error}``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cocalc_hub.web.resource import HubResource
 log = Logger()
 
 MAX_BODY = 1024 * 1024
+OPENAPI_PATH = "v2/openapi.json"
 UNSAFE = (b"POST", b"PUT", b"PATCH", b"DELETE")
 
 
@@ -96,20 +99,50 @@ Handler = Callable[[Ctx], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
+class Param:
+    """One parameter, as the OpenAPI document describes it (handlers still read ``ctx.params``)."""
+
+    name: str
+    type: str = "string"
+    """A JSON Schema type: string, integer, number, boolean, array or object."""
+    description: str = ""
+    required: bool = False
+    format: str | None = None
+    """uuid, email, date-time, password… (JSON Schema ``format``)."""
+    enum: tuple[str, ...] = ()
+
+
+PROJECT_ID = Param("project_id", description="The project's id.", required=True, format="uuid")
+
+
+@dataclass(frozen=True)
 class Endpoint:
     handler: Handler
     read_only: bool = False
     """May also be called with GET (no side effects)."""
     anonymous: bool = False
     """Callable without credentials (sign-in, sign-up)."""
+    summary: str = ""
+    params: tuple[Param, ...] = ()
+    success: tuple[int, ...] = (200,)
+    """The statuses of a successful call."""
+    errors: tuple[int, ...] = ()
+    """Error statuses of this endpoint besides those every endpoint may answer (see openapi)."""
 
 
 ENDPOINTS: dict[str, Endpoint] = {}
 
 
-def endpoint(path: str, *, read_only: bool = False, anonymous: bool = False) -> Callable[[Handler], Handler]:
+def endpoint(path: str, *, read_only: bool = False, anonymous: bool = False, summary: str = "",
+             params: tuple[Param, ...] = (), success: tuple[int, ...] = (200,),
+             errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
+    """Register ``handler`` at ``BASE_PATH/api/<path>``; ``summary`` defaults to the first line
+    of its docstring."""
+
     def register(fn: Handler) -> Handler:
-        ENDPOINTS[path] = Endpoint(fn, read_only=read_only, anonymous=anonymous)
+        text = summary or (fn.__doc__ or "").strip().split("\n")[0]
+        ENDPOINTS[path] = Endpoint(fn, read_only=read_only, anonymous=anonymous, summary=text, params=params,
+                                   success=success, errors=errors)
         return fn
 
     return register
@@ -139,10 +172,13 @@ class ApiResource(HubResource):
         super().__init__()
         self.services = services
         self.endpoints = ENDPOINTS if endpoints is None else endpoints
+        self._openapi: bytes | None = None
 
     def render(self, request: Request) -> Any:
         hub_request = cast(HubRequest, request)
         path = hub_request.mount_rest.lstrip(b"/").decode("latin-1")
+        if path == OPENAPI_PATH:
+            return self._render_openapi(request)
         ep = self.endpoints.get(path)
         if ep is None:
             return json_error(request, 404, "no such API endpoint")
@@ -164,6 +200,23 @@ class ApiResource(HubResource):
         d.addCallback(respond)
         d.addErrback(lambda f: log.failure("API response failed", f))
         return NOT_DONE_YET
+
+    def _render_openapi(self, request: Request) -> bytes:
+        """The OpenAPI document (anonymous, GET): made once, from the registry."""
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return json_error(request, 405, "method not allowed")
+        if self._openapi is None:
+            from cocalc_hub.web.api.openapi import document
+
+            doc = document(self.endpoints, base_path=self.services.base_path, names=self.services.names)
+            self._openapi = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+        body = self._openapi
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
 
     async def _handle(self, request: HubRequest, ep: Endpoint) -> bytes:
         services = self.services

@@ -6,7 +6,11 @@ from typing import Any
 
 from cocalc_hub.auth.accounts import AuthError
 from cocalc_hub.projects.operations import project_id_param
-from cocalc_hub.web.api import ApiError, Ctx, clear_session_cookies, endpoint, session_cookies
+from cocalc_hub.web.api import ApiError, Ctx, Param, clear_session_cookies, endpoint, session_cookies
+
+EMAIL = Param("email", description="The email address (also accepted as email_address).", required=True,
+              format="email")
+PASSWORD = Param("password", required=True, format="password")
 
 
 def _first(ctx: Ctx, *names: str) -> Any:
@@ -27,7 +31,11 @@ async def _start(ctx: Ctx, sign_in: Any) -> dict[str, Any]:
     return {"account_id": sign_in.account.account_id, "is_admin": sign_in.account.is_admin}
 
 
-@endpoint("v2/auth/sign-up", anonymous=True)
+@endpoint("v2/auth/sign-up", anonymous=True, success=(201,), errors=(409, 429), summary=(
+    "Create an account and sign it in (sets the session cookies)."), params=(
+    EMAIL, Param("password", description="At least 8 characters.", required=True, format="password"),
+    Param("firstName", description="Also first_name."), Param("lastName", description="Also last_name."),
+    Param("registrationToken", description="Needed while registration tokens exist (also registration_token).")))
 async def sign_up(ctx: Ctx) -> dict[str, Any]:
     accounts = ctx.services.accounts
     account = await accounts.sign_up(
@@ -38,17 +46,25 @@ async def sign_up(ctx: Ctx) -> dict[str, Any]:
     return await _start(ctx, await accounts.start_session(account))
 
 
-@endpoint("v2/auth/sign-in", anonymous=True)
+@endpoint("v2/auth/sign-in", anonymous=True, errors=(401, 429),
+          summary="Sign in with email and password (sets the session cookies).", params=(EMAIL, PASSWORD))
 async def sign_in(ctx: Ctx) -> dict[str, Any]:
     result = await ctx.services.accounts.sign_in(email=_first(ctx, "email", "email_address"),
                                                  password=ctx.params.get("password"), client_ip=ctx.client_ip)
     return await _start(ctx, result)
 
 
-@endpoint("v2/auth/setup-admin", anonymous=True)
+@endpoint("v2/auth/setup-admin", anonymous=True, errors=(401, 403, 409, 429), params=(
+    Param("token", description="The one-time token of the first-admin setup link (after #token=).", required=True),
+    Param("check", type="boolean", description="Only validate the token; answers {valid, signed_in}."),
+    Param("email", description="Signed out: the administrator account to create, or an existing one to promote "
+                               "(with its password). Signed in without email: the caller is promoted.",
+          format="email"),
+    Param("password", format="password"), Param("firstName"), Param("lastName")))
 async def setup_admin(ctx: Ctx) -> dict[str, Any]:
-    """The first administrator, with the one-time link the hub logs while there is none
-    (``check: true`` only validates the token)."""
+    """The first administrator, with the one-time link the hub logs while there is none.
+
+    Only while no administrator exists; the token works once, for 60 minutes."""
     setup = ctx.services.admin_setup
     if setup is None:
         raise ApiError(503, "this hub process does not serve the first-admin setup")
@@ -65,20 +81,22 @@ async def setup_admin(ctx: Ctx) -> dict[str, Any]:
     return await _start(ctx, session)
 
 
-@endpoint("v2/auth/requires-token", read_only=True, anonymous=True)
+@endpoint("v2/auth/requires-token", read_only=True, anonymous=True,
+          summary="Whether sign-up is open, closed or needs a registration token.")
 async def requires_token(ctx: Ctx) -> dict[str, Any]:
     mode = await ctx.services.accounts.signup_mode()
     return {"requiresToken": mode == "token", "signup": mode}
 
 
-@endpoint("v2/auth/csrf", read_only=True)
+@endpoint("v2/auth/csrf", read_only=True, summary="The session's CSRF token, for the X-CSRF-Token header.")
 async def csrf(ctx: Ctx) -> dict[str, Any]:
     names = ctx.services.names
     value = ctx.cookies.get(names.remember_me) if ctx.caller.via == "remember_me" else None
     return {"token": ctx.services.csrf.token(value) if value else None}
 
 
-@endpoint("v2/accounts/sign-out")
+@endpoint("v2/accounts/sign-out", summary="Sign out this session (or, with all, every session).",
+          params=(Param("all", "boolean", "Sign out every session of the account."),))
 async def sign_out(ctx: Ctx) -> dict[str, Any]:
     everywhere = ctx.params.get("all") in (True, "true", "1", 1)
     revoked = await ctx.services.accounts.sign_out(ctx.caller, everywhere=everywhere)
@@ -86,7 +104,7 @@ async def sign_out(ctx: Ctx) -> dict[str, Any]:
     return {"status": "success", "revoked": revoked}
 
 
-@endpoint("v2/accounts/profile", read_only=True)
+@endpoint("v2/accounts/profile", read_only=True, summary="The caller's account (or, for a project key, its project).")
 async def profile(ctx: Ctx) -> dict[str, Any]:
     caller = ctx.caller
     if caller.kind == "project":
@@ -95,7 +113,11 @@ async def profile(ctx: Ctx) -> dict[str, Any]:
     return {**account.public(), "via": caller.via}
 
 
-@endpoint("v2/accounts/set-password")
+@endpoint("v2/accounts/set-password",
+          summary="Change the password; every other session is signed out.", params=(
+              Param("currentPassword", description="Also current_password.", required=True, format="password"),
+              Param("newPassword", description="At least 8 characters (also new_password).", required=True,
+                    format="password")))
 async def set_password(ctx: Ctx) -> dict[str, Any]:
     revoked = await ctx.services.accounts.change_password(
         ctx.caller, _first(ctx, "currentPassword", "current_password"), _first(ctx, "newPassword", "new_password"))
@@ -115,7 +137,13 @@ def _key_id(ctx: Ctx) -> int:
     return value
 
 
-@endpoint("v2/api-keys")
+@endpoint("v2/api-keys", success=(200, 201), errors=(404, 429),
+          summary="The caller's API keys: get, create, delete or edit.", params=(
+    Param("action", description="What to do (default get).", enum=("get", "create", "delete", "edit")),
+    Param("id", "integer", "The key's id (delete, edit)."),
+    Param("name", description="The key's name (create, edit)."),
+    Param("expire", description="When the key expires (create, edit; empty: never).", format="date-time"),
+    Param("project_id", description="A key for this project only (create).", format="uuid")))
 async def api_keys(ctx: Ctx) -> dict[str, Any]:
     """Upstream's one endpoint with an ``action``: get, create, delete or edit."""
     accounts = ctx.services.accounts

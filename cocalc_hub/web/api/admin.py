@@ -8,9 +8,12 @@ from typing import Any
 from cocalc_hub.auth.accounts import AuthError
 from cocalc_hub.db.store import Conflict
 from cocalc_hub.projects.operations import account_id_param
-from cocalc_hub.web.api import ApiError, Ctx, endpoint
+from cocalc_hub.web.api import ApiError, Ctx, Param, endpoint
 
 EDITABLE_SETTINGS = ("email_signup", "samesite_remember_me", "site_name")
+PAGE = (Param("limit", "integer", "At most this many (1-1000, default 100)."),
+        Param("offset", "integer", "Skip this many (default 0)."))
+ACCOUNT_ID = Param("account_id", description="The account's id.", required=True, format="uuid")
 
 
 def _page(ctx: Ctx) -> tuple[int, int]:
@@ -24,21 +27,24 @@ def _page(ctx: Ctx) -> tuple[int, int]:
     return limit, offset
 
 
-@endpoint("v2/admin/accounts", read_only=True)
+@endpoint("v2/admin/accounts", read_only=True, errors=(403,), summary="Every account (administrators).",
+          params=PAGE)
 async def accounts(ctx: Ctx) -> list[Any]:
     await ctx.services.accounts.require_admin(ctx.caller)
     limit, offset = _page(ctx)
     return [a.public() for a in await ctx.services.accounts.store.list_accounts(limit=limit, offset=offset)]
 
 
-@endpoint("v2/admin/projects", read_only=True)
+@endpoint("v2/admin/projects", read_only=True, errors=(403,), summary="Every project (administrators).",
+          params=PAGE)
 async def projects(ctx: Ctx) -> list[Any]:
     await ctx.services.accounts.require_admin(ctx.caller)
     limit, offset = _page(ctx)
     return [p.public() for p in await ctx.services.accounts.store.list_all_projects(limit=limit, offset=offset)]
 
 
-@endpoint("v2/admin/set-admin")
+@endpoint("v2/admin/set-admin", errors=(404,), summary="Make an account an administrator, or not.",
+          params=(ACCOUNT_ID, Param("admin", "boolean", "True to grant, false to revoke.")))
 async def set_admin(ctx: Ctx) -> dict[str, Any]:
     me = await ctx.services.accounts.require_admin(ctx.caller)
     target_id = account_id_param(ctx.params.get("account_id"))
@@ -55,7 +61,8 @@ async def set_admin(ctx: Ctx) -> dict[str, Any]:
     return {"status": "ok", "is_admin": make_admin}
 
 
-@endpoint("v2/admin/ban")
+@endpoint("v2/admin/ban", errors=(404,), summary="Ban an account (its sessions end) or lift the ban.",
+          params=(ACCOUNT_ID, Param("banned", "boolean", "False lifts the ban (default true).")))
 async def ban(ctx: Ctx) -> dict[str, Any]:
     me = await ctx.services.accounts.require_admin(ctx.caller)
     target_id = account_id_param(ctx.params.get("account_id"))
@@ -72,7 +79,8 @@ async def ban(ctx: Ctx) -> dict[str, Any]:
     return {"status": "ok", "banned": banned}
 
 
-@endpoint("v2/admin/settings", read_only=True)
+@endpoint("v2/admin/settings", read_only=True, errors=(403,),
+          summary="Server settings, the sign-up mode and the registration tokens (administrators).")
 async def settings(ctx: Ctx) -> dict[str, Any]:
     await ctx.services.accounts.require_admin(ctx.caller)
     values = await ctx.services.accounts.settings.all()
@@ -81,7 +89,8 @@ async def settings(ctx: Ctx) -> dict[str, Any]:
             "registration_tokens": await ctx.services.accounts.store.list_registration_tokens()}
 
 
-@endpoint("v2/admin/set-setting")
+@endpoint("v2/admin/set-setting", summary="Change a server setting (administrators).", params=(
+    Param("name", required=True, enum=EDITABLE_SETTINGS), Param("value", description="Empty: the default.")))
 async def set_setting(ctx: Ctx) -> dict[str, Any]:
     await ctx.services.accounts.require_admin(ctx.caller)
     name = ctx.param("name", required=True, kind=str)
@@ -94,7 +103,10 @@ async def set_setting(ctx: Ctx) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-@endpoint("v2/admin/create-registration-token")
+@endpoint("v2/admin/create-registration-token", success=(201,), errors=(409,),
+          summary="Create a registration token (administrators); sign-up then needs one.", params=(
+              Param("token", description="The token (default: random)."), Param("descr", description="A note."),
+              Param("limit", "integer", "How many sign-ups it allows (default: no limit).")))
 async def create_token(ctx: Ctx) -> dict[str, Any]:
     await ctx.services.accounts.require_admin(ctx.caller)
     token = ctx.param("token", kind=str) or secrets.token_urlsafe(12)

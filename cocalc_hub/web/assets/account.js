@@ -34,7 +34,7 @@ function password(ui) {
 
 function apiKeys(ui) {
   const tbody = document.getElementById("keys");
-  const error = document.querySelector("#key-form .error");
+  const error = document.getElementById("keys-error");
   const fresh = document.getElementById("new-key");
   async function load() {
     const keys = (await ui.api("api-keys", { action: "get" })).response;
@@ -66,7 +66,7 @@ function apiKeys(ui) {
     fresh.append("New key “", key.name, "” (copy it now; it is not shown again): ", ui.el("code", {}, key.secret));
     await load();
   });
-  load().catch((e) => ui.show(error, e.message));
+  load().catch((e) => ui.showError(error, e.message));
 }
 
 // Admin --------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ async function adminSettings(ui) {
     tokenForm.reset();
     await load();
   });
-  await load();
+  await load().catch((e) => ui.showError(form.querySelector(".error"), e.message));
 }
 
 async function adminAccounts(ui, error) {
@@ -128,8 +128,10 @@ async function adminAccounts(ui, error) {
     });
     admin.setAttribute("aria-label", `${admin.textContent}: ${a.email_address}`);
     ban.setAttribute("aria-label", `${ban.textContent}: ${a.email_address}`);
-    return ui.el("tr", {}, ui.el("td", {}, a.email_address || ""), ui.el("td", {}, name),
-      ui.el("td", {}, dateOnly(a.created)), ui.el("td", {}, roles), ui.el("td", { class: "actions" }, admin, " ", ban));
+    // data-label: the column's name, shown before each cell where rows stack (narrow screens).
+    return ui.el("tr", {}, ui.el("td", { "data-label": "Email" }, a.email_address || ""),
+      ui.el("td", { "data-label": "Name" }, name), ui.el("td", { "data-label": "Created" }, dateOnly(a.created)),
+      ui.el("td", { "data-label": "Status" }, roles), ui.el("td", { class: "actions" }, admin, " ", ban));
   }));
 }
 
@@ -139,16 +141,18 @@ async function adminProjects(ui) {
   tbody.replaceChildren(...projects.map((p) => ui.el("tr", {},
     ui.el("td", {}, ui.el("a", { href: `${ui.BASE}/projects/${p.project_id}` }, p.title || "Untitled project"),
       p.deleted ? " (deleted)" : ""),
-    ui.el("td", {}, p.state?.state || "opened"), ui.el("td", {}, String(Object.keys(p.users || {}).length)),
-    ui.el("td", {}, dateOnly(p.created)))));
+    ui.el("td", { "data-label": "State" }, p.state?.state || "opened"),
+    ui.el("td", { "data-label": "Members" }, String(Object.keys(p.users || {}).length)),
+    ui.el("td", { "data-label": "Created" }, dateOnly(p.created)))));
 }
 
 function admin(ui) {
-  const error = document.getElementById("admin-error");
-  const report = (e) => ui.show(error, e.message);
-  adminSettings(ui).catch(report);
-  adminAccounts(ui, error).catch(report);
-  adminProjects(ui).catch(report);
+  // Each section reports its own errors, next to what failed.
+  adminSettings(ui);
+  const accountsError = document.getElementById("accounts-error");
+  adminAccounts(ui, accountsError).catch((e) => ui.showError(accountsError, e.message));
+  const projectsError = document.getElementById("aprojects-error");
+  adminProjects(ui).catch((e) => ui.showError(projectsError, e.message));
 }
 
 export function init(page, ui) {

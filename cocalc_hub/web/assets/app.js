@@ -91,6 +91,22 @@ export function hide(node) {
   if (node) node.hidden = true;
 }
 
+/**
+ * Show what went wrong with an action in ``node``, the error element next to the form or
+ * button that caused it, and hide the errors of earlier actions: one error on the page at
+ * a time, where the person is looking.
+ */
+export function showError(node, message) {
+  for (const other of document.querySelectorAll('.error[role="alert"]')) {
+    if (other !== node) other.hidden = true;
+  }
+  show(node, message);
+}
+
+function describe(e) {
+  return e instanceof ApiError ? e.message : sentence(e.message || e);
+}
+
 function fieldName(field) {
   const label = field.labels?.[0];
   const text = label ? label.firstChild?.textContent || label.textContent : field.name;
@@ -100,7 +116,8 @@ function fieldName(field) {
 /**
  * Run ``action(values, submitter)`` on submit: the form's own checks first, then the
  * call; its buttons are disabled meanwhile, a failure is shown in ``error`` (the form's
- * ``.error`` by default; announced, as it is a role=alert) and a returned string in ``.ok``.
+ * ``.error`` by default; announced, as it is a role=alert; see showError) and a returned
+ * string in ``.ok``.
  */
 export function onSubmit(form, action, error = form?.querySelector(".error")) {
   if (!form) return;
@@ -111,7 +128,7 @@ export function onSubmit(form, action, error = form?.querySelector(".error")) {
     hide(ok);
     const invalid = [...form.elements].find((f) => f.willValidate && !f.checkValidity());
     if (invalid) {
-      show(error, `${fieldName(invalid)}: ${invalid.validationMessage}`);
+      showError(error, `${fieldName(invalid)}: ${invalid.validationMessage}`);
       invalid.focus();
       return;
     }
@@ -122,7 +139,7 @@ export function onSubmit(form, action, error = form?.querySelector(".error")) {
       const message = await action(Object.fromEntries(new FormData(form)), event.submitter);
       if (typeof message === "string") show(ok, message);
     } catch (e) {
-      show(error, e instanceof ApiError ? e.message : sentence(e.message || e));
+      showError(error, describe(e));
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
       form.removeAttribute("aria-busy");
@@ -138,7 +155,7 @@ export function onClick(button, errorNode, action) {
     try {
       await action();
     } catch (e) {
-      show(errorNode, e instanceof ApiError ? e.message : sentence(e.message || e));
+      showError(errorNode, describe(e));
     } finally {
       button.disabled = false;
     }
@@ -242,7 +259,8 @@ export function when(iso) {
 }
 
 export const ui = {
-  BASE, api, ApiError, el, show, hide, sentence, onSubmit, onClick, safeNext, renderState, busy, poller, when,
+  BASE, api, ApiError, el, show, hide, showError, sentence, onSubmit, onClick, safeNext, renderState, busy, poller,
+  when,
 };
 
 // Every page --------------------------------------------------------------------------

@@ -5,8 +5,9 @@ const byTitle = (a, b) => (a.title || "").localeCompare(b.title || "") || a.proj
 
 // Dashboard -------------------------------------------------------------------------------
 
-function collaborators(ui, card, projectId, error) {
+function collaborators(ui, card, projectId) {
   const list = card.querySelector(".collabs");
+  const error = card.querySelector(".collab-error");
   async function load() {
     const people = await ui.api("projects/collaborators/list", { project_id: projectId }, { get: true });
     list.replaceChildren(...people.map((p) => {
@@ -24,13 +25,13 @@ function collaborators(ui, card, projectId, error) {
     }));
   }
   card.querySelector("details").addEventListener("toggle", (event) => {
-    if (event.currentTarget.open) load().catch((e) => ui.show(error, e.message));
+    if (event.currentTarget.open) load().catch((e) => ui.showError(error, e.message));
   });
   ui.onSubmit(card.querySelector(".add-collab"), async (values) => {
     await ui.api("projects/collaborators/add", { project_id: projectId, email: values.email.trim() });
     card.querySelector(".add-collab").reset();
     await load();
-  }, error);
+  });
 }
 
 function makeCard(ui, project, refresh) {
@@ -40,7 +41,7 @@ function makeCard(ui, project, refresh) {
   card.dataset.projectId = id;
   const link = card.querySelector(".p-title");
   link.href = `${ui.BASE}/projects/${id}`;
-  const error = card.querySelector(".error");
+  const error = card.querySelector(".control-error");
   const buttons = [...card.querySelectorAll(".actions button")];
   for (const button of buttons) {
     ui.onClick(button, error, async () => {
@@ -56,15 +57,15 @@ function makeCard(ui, project, refresh) {
   ui.onSubmit(card.querySelector(".rename"), async (values) => {
     await ui.api("projects/update", { project_id: id, title: values.title.trim() });
     refresh.soon();
-  }, error);
-  ui.onClick(card.querySelector('[data-act="delete"]'), error, async () => {
+  });
+  ui.onClick(card.querySelector('[data-act="delete"]'), card.querySelector(".delete-error"), async () => {
     // eslint-disable-next-line no-alert
     if (!window.confirm(`Delete the project “${link.textContent}”? Its files stay on the server.`)) return;
     await ui.api("projects/delete", { project_id: id });
     card.remove();
     refresh.soon();
   });
-  collaborators(ui, card, id, error);
+  collaborators(ui, card, id);
   return card;
 }
 
@@ -97,6 +98,10 @@ function dashboard(ui) {
       list.append(card); // keeps the sorted order; moving a node keeps its state
       const title = project.title || "Untitled project";
       card.querySelector(".p-title").textContent = title;
+      // Shared with this account by someone else: marked, and only the owner may delete it.
+      const shared = Boolean(project.group) && project.group !== "owner";
+      card.querySelector(".shared").hidden = !shared;
+      card.querySelector(".owner-only").hidden = shared;
       const input = card.querySelector(".rename input");
       if (document.activeElement !== input) input.value = project.title || "";
       ui.renderState(card.querySelector(".state"), [...card.querySelectorAll(".actions button")], project.state);
@@ -157,25 +162,29 @@ function fileList(ui, id, state) {
   const list = document.getElementById("files");
   const status = document.getElementById("files-status");
   const raw = `${ui.BASE}/${id}/raw/`;
+  let generation = 0; // a listing that ends after the project stopped (or a newer one began) is dropped
   async function load() {
     if (state() !== "running") {
       idle();
       return;
     }
+    const mine = ++generation;
     ui.show(status, "Loading the file list…");
     try {
       // Only while running: exec would otherwise start the project.
       const result = await ui.api("exec", { project_id: id, command: "ls", args: ["-1p"], timeout: 10 });
+      if (mine !== generation) return;
       const names = result.stdout.split("\n").filter(Boolean).slice(0, 500);
       list.replaceChildren(...names.map((name) => ui.el("li", {},
         ui.el("a", { href: raw + name.split("/").map(encodeURIComponent).join("/") }, name))));
       if (names.length) ui.hide(status);
       else ui.show(status, "The home directory is empty.");
     } catch (e) {
-      ui.show(status, e.message);
+      if (mine === generation) ui.show(status, e.message);
     }
   }
   function idle() {
+    generation += 1;
     list.replaceChildren();
     ui.show(status, "Start the project to list its files.");
   }
