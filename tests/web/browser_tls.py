@@ -12,12 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from browser_flow import ARGS, CHROMIUM, TIMEOUT_MS  # the same browser set-up (this directory is on sys.path)
 from playwright.sync_api import sync_playwright
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000
 
 # Engine.IO open, Socket.IO connect, then the broker's "info" event (who we are).
 CONAT_PROBE = """async (url) => {
