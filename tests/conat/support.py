@@ -16,6 +16,7 @@ from twisted.web.server import Site
 
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
 from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+from tests.support import until
 
 
 class RawWS(protocol.Protocol):
@@ -100,14 +101,10 @@ class RawWS(protocol.Protocol):
             d.errback(ConnectionError("closed"))
         self.closed.callback(None)
 
-    async def body(self, timeout: float = 5.0) -> bytes:
+    async def body(self) -> bytes:
         """The body of a refused handshake (waits for Content-Length bytes)."""
-        from twisted.internet import task
-
         length = int(self.response_headers.get("content-length", "0"))
-        deadline = reactor.seconds() + timeout
-        while len(self.response_body) < length and reactor.seconds() < deadline:
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await until(lambda: len(self.response_body) >= length or self.is_closed, what="the response body")
         return self.response_body
 
     # sending
@@ -235,9 +232,10 @@ class Recorder:
 
 
 def serve_engine(case: unittest.TestCase, handler: Any, options: EngineOptions | None = None,
-                 handshake: Any = None) -> tuple[int, EngineFactory]:
-    """A plain Site with only the Engine.IO resource at /conat/; its port."""
-    factory = EngineFactory(handler, reactor, options)
+                 handshake: Any = None, clock: Any = reactor) -> tuple[int, EngineFactory]:
+    """A plain Site with only the Engine.IO resource at /conat/; its port. The engine's
+    timers run on ``clock`` (a test may pass a ``task.Clock`` it advances)."""
+    factory = EngineFactory(handler, clock, options)
     resource = EngineResource(factory, handshake or (lambda request: Handshake(client_ip="127.0.0.1")))
     root = Resource()
     root.putChild(b"conat", resource)
