@@ -17,7 +17,8 @@ from twisted.web.http_headers import Headers
 
 from cocalc_hub.db.store import utcnow
 from cocalc_hub.projects import processes
-from cocalc_hub.projects.manager import ProjectError, ProjectManager
+from cocalc_hub.projects.manager import ProjectManager
+from cocalc_hub.projects.program import ProjectError
 from tests.projects.support import fake_program, make_manager, new_project, project_pids, zombies
 
 

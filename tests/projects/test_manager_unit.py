@@ -12,7 +12,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from cocalc_hub.projects.manager import ManagerConfig, ProjectError, ProjectManager
+from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
+from cocalc_hub.projects.program import ProjectError
 from tests.db.support import open_store
 
 
@@ -149,7 +150,7 @@ class ManagerUnitTests(unittest.TestCase):
         await until(lambda: bool(self.fake.spawned))
         proto, _, _, _ = self.last()
         proto.childDataReceived(2, b"Traceback: ImportError\npartial line")
-        proto.processExited(Failure(ProcessTerminated(exitCode=1)))
+        proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
         await until(lambda: d.called)
         with self.assertRaises(ProjectError):
             await d
@@ -200,7 +201,7 @@ class ManagerUnitTests(unittest.TestCase):
 
         def exits(pgid: int, sig: int) -> None:
             if sig == signal.SIGTERM:
-                proto.processExited(Failure(ProcessDone(0)))
+                proto.processEnded(Failure(ProcessDone(0)))
 
         self.table.on_signal = exits
         result = await self.manager.stop(self.pid)
@@ -212,7 +213,7 @@ class ManagerUnitTests(unittest.TestCase):
         proto, _, _, _ = self.last()
         proto.childDataReceived(2, b"segfault in module x\n")
         self.table.killed_projects.clear()
-        proto.processExited(Failure(ProcessTerminated(exitCode=139)))
+        proto.processEnded(Failure(ProcessTerminated(exitCode=139)))
         await until(lambda: self.table.killed_projects == [self.pid])
         project = await self.state()
         for _ in range(100):
