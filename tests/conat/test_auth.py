@@ -175,7 +175,7 @@ class PermissionTests(AuthCase):
         hub = self.client({"hub_password": self.hub_password})
         await hub.signed_in()
         self.assertEqual(await hub.publish(f"project.{self.project}.files", "before"), 1)
-        self.assertEqual((await sub.next(5)).data, "before")
+        self.assertEqual((await sub.next(30)).data, "before")
         r = await self.owner.post("projects/collaborators/remove", {"project_id": self.project,
                                                                     "account_id": self.friend.account_id})
         self.assertEqual(r.code, 200)

@@ -58,7 +58,7 @@ class PubSubTests(HubCase):
         sub = await b.subscribe("news.*")
         self.assertEqual(await a.publish("news.today", {"n": [1, 2.5, "x", None, b"\x00"]}, headers={"k": "v"}), 1)
         self.assertEqual(await a.publish("news.json", ["j", 1], encoding=JSON), 1)
-        first, second = await sub.next(5), await sub.next(5)
+        first, second = await sub.next(30), await sub.next(30)
         self.assertEqual((first.subject, first.data, first.headers), ("news.today", {"n": [1, 2.5, "x", None, b"\x00"]},
                                                                        {"k": "v"}))
         self.assertEqual((second.subject, second.encoding, second.raw, second.data),
@@ -83,7 +83,7 @@ class PubSubTests(HubCase):
         s1 = await b.subscribe("t")
         s2 = await b.subscribe("t")
         self.assertEqual(await a.publish("t", 1), 1)
-        self.assertEqual(((await s1.next(5)).data, (await s2.next(5)).data), (1, 1))
+        self.assertEqual(((await s1.next(30)).data, (await s2.next(30)).data), (1, 1))
         s1.close()
         self.assertEqual(await a.publish("t", 2), 1)
         s2.close()  # the last one: the client unsubscribes (no answer comes back)
@@ -182,7 +182,7 @@ class RequestTests(HubCase):
         self.assertFalse(published.called)
         sub = await b.subscribe("later2")
         self.assertEqual(await published, 1)
-        self.assertEqual((await sub.next(5)).data, 1)
+        self.assertEqual((await sub.next(30)).data, 1)
 
     async def test_a_request_waiting_for_interest_reaches_a_later_responder(self) -> None:
         a, b = await self.pair()
@@ -208,7 +208,7 @@ class ConnectionTests(HubCase):
         await until(lambda: not before & set(self.broker().connections) and
                     any("survive.*" in c.subs for c in sockets(self.broker())), what="b's subscription to be restored")
         self.assertEqual(await a.publish("survive.x", "after"), 1)
-        self.assertEqual((await sub.next(5)).data, "after")
+        self.assertEqual((await sub.next(30)).data, "after")
 
         async def echo(msg: Message) -> None:
             await msg.respond(msg.data)
@@ -264,7 +264,7 @@ class LocalTests(HubCase):
         self.assertEqual(local.user, {"hub_id": "hub"})
         sub = await local.subscribe("mixed.>")
         self.assertEqual(await remote.publish("mixed.a.b", {"x": 1}), 1)
-        self.assertEqual((await sub.next(5)).data, {"x": 1})
+        self.assertEqual((await sub.next(30)).data, {"x": 1})
         await local.service("svc.local", lambda name, args, msg: [name, *args])
         self.assertEqual(await remote.call("svc.local", "hi", 1), ["hi", 1])
         await remote.service("svc.remote", lambda name, args, msg: name.upper())
@@ -298,4 +298,4 @@ class LocalTests(HubCase):
         self.assertEqual(e.exception.code, 403)
         sub = await c.subscribe(f"account.{A}.mine")
         self.assertEqual(await c.publish(f"account.{A}.mine", 1), 1)
-        self.assertEqual((await sub.next(5)).data, 1)
+        self.assertEqual((await sub.next(30)).data, 1)
