@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from cocalc_hub.conat.client import JSON, Client, ConatError, Message, connect
@@ -194,6 +194,15 @@ class RequestTests(HubCase):
 
 
 class ConnectionTests(HubCase):
+    async def test_closing_cancels_the_wait_before_a_subscription_sync_retry(self) -> None:
+        c = self.local()
+        await c.signed_in()
+        self.patch(c, "_call", lambda event, args, timeout: defer.fail(ConatError("refused", 403)))
+        defer.ensureDeferred(c._sync())  # as after a sign-in: it fails and waits to try again
+        await until(lambda: c._backoff is not None, what="the sync to wait for its retry")
+        c.close()
+        self.assertIsNone(c._backoff)  # and trial finds no timer left behind
+
     async def test_reconnects_and_restores_subscriptions(self) -> None:
         a, b = await self.pair()
         sub = await b.subscribe("survive.*")
