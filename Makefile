@@ -9,8 +9,9 @@ PORT ?= 5000
 DATA ?= $(CURDIR)/data
 TRIAL_ARGS ?=
 TESTS ?= tests
+STRESS_RUNS ?= 5
 
-.PHONY: run test check lint bench clean
+.PHONY: run test stress-test check lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,11 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 test: $(VENV)/.test-installed tests/node/node_modules/.installed
 	$(PY) .ci/trial-summary -- $(PY) -m twisted.trial $(TRIAL_ARGS) $(TESTS)
 
+# The same test command STRESS_RUNS times in a row (stopping at the first failure) while
+# .ci/burn keeps every core busy: the suite must not depend on an idle machine.
+stress-test: $(VENV)/.test-installed tests/node/node_modules/.installed
+	@$(PY) .ci/burn -- $(PY) .ci/stress $(STRESS_RUNS) -- $(PY) .ci/trial-summary -- $(PY) -m twisted.trial $(TRIAL_ARGS) $(TESTS)
+
 check: $(VENV)/.test-installed
 	$(VENV)/bin/mypy --strict cocalc_hub
 	$(VENV)/bin/ruff check cocalc_hub tests benchmarks twisted
@@ -44,4 +50,4 @@ bench: $(VENV)/.test-installed tests/node/node_modules/.installed
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info _trial_temp* .mypy_cache
+	rm -rf $(VENV) build dist *.egg-info _trial_temp* _stress .mypy_cache

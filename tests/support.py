@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -135,20 +136,65 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(m.group(1)), headers, body
 
 
-def sleep(seconds: float) -> defer.Deferred[None]:
-    """Let the real reactor run for a while."""
-    from twisted.internet import task
+WAIT = 30.0
+"""How long :func:`until` waits by default: generous, for a loaded machine (it returns as soon
+as the condition holds, so a passing test does not wait for it)."""
 
+
+async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT, what: str = "the condition",
+                interval: float = 0.01) -> None:
+    """Wait until ``check()`` holds, polled every ``interval`` seconds on the real reactor;
+    ``check`` may be async. Fails after ``timeout`` seconds, naming ``what`` was awaited.
+
+    The one way tests wait for something that happens asynchronously and has no Deferred
+    to await: never a fixed sleep."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if reactor.seconds() >= deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
+def settle(seconds: float) -> defer.Deferred[None]:
+    """Let the real reactor run for ``seconds``: only for a bounded *negative* check (something
+    that must not happen, e.g. a duplicate event, is given this long to show up). Never use it
+    to wait for something to happen: that is :func:`until`'s job."""
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-async def until(check: Any, timeout: float = 5.0) -> None:
-    """Poll ``check()`` on the real reactor (every 10 ms) until it holds; fail after ``timeout``."""
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await sleep(0.01)
-    raise AssertionError("condition not reached in time")
+class DrivenClock:
+    """Real time plus an offset the test advances: a cache lifetime or a deadline passes
+    without the test sleeping through it. ``seconds`` is an ``IReactorTime.seconds``; ``now``
+    the matching UTC datetime."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def seconds(self) -> float:
+        return float(reactor.seconds()) + self.offset
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.offset)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def drive_clocks(case: unittest.TestCase, running: RunningHub) -> DrivenClock:
+    """Give the hub's credential and proxy-access caches a clock this test drives."""
+    clock = DrivenClock()
+    hub = running.hub
+    if hub.auth is not None:
+        case.patch(hub.auth.auth, "clock", clock.seconds)
+        case.patch(hub.auth.auth, "now", clock.now)
+    if hub.proxy is not None:
+        case.patch(hub.proxy.access, "clock", clock)
+    return clock
 
 
 class LogCapture:

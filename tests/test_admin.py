@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from tests.db.support import fresh_postgres_url
-from tests.support import settings_for, spawn, start_hub
+from tests.support import drive_clocks, settings_for, spawn, start_hub
 from tests.web.api_client import ApiClient
 
 
@@ -27,6 +27,7 @@ class AdminCliSuite:
         if self.kind == "postgres":
             self.options["database"] = await fresh_postgres_url(case)
         self.hub = start_hub(case, settings_for(self.tmp, self.options))
+        self.clock = drive_clocks(case, self.hub)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         case.addCleanup(self.pool.closeCachedConnections)
 
@@ -71,9 +72,7 @@ class AdminCliSuite:
         reset = await self.admin("reset-password", "bob@example.com", "--password", "bobs-New-pass-2")
         t.assertEqual(reset["account_id"], bob["account_id"])
         # The old session is revoked (the hub's cache lasts at most a second).
-        from twisted.internet import task
-
-        await task.deferLater(reactor, 1.1, lambda: None)
+        self.clock.advance(1.1)
         t.assertEqual((await client.get("accounts/profile")).code, 401)
         t.assertEqual((await client.sign_in("bob@example.com", "bobs-New-pass-2")).code, 200)
 

@@ -18,7 +18,7 @@ from twisted.web.client import HTTPConnectionPool
 from cocalc_hub.conat.client import connect
 from cocalc_hub.conat.persist.dstream import DKV
 from cocalc_hub.projects import processes
-from tests.support import REPO, VENV_BIN, ProcessOutput, free_tcp_port, http_client, sleep, spawn
+from tests.support import REPO, VENV_BIN, ProcessOutput, free_tcp_port, http_client, spawn, until
 from tests.web.api_client import ApiClient
 
 SECTION = "Running the parts as separate processes"
@@ -127,14 +127,14 @@ class ReadmeSplitProcessTests(unittest.TestCase):
 
 async def wait_healthy(health: Any, url: str, timeout: float = 30.0) -> dict[str, Any]:
     """Ask ``url``'s /healthcheck until it answers 200 (a process that is still connecting)."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        code, body = await health(url)
-        if code == 200:
-            return body  # type: ignore[no-any-return]
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{url}/healthcheck still {code}: {body}")
-        await sleep(0.05)
+    last: list[tuple[int, dict[str, Any]]] = []
+
+    async def healthy() -> bool:
+        last.append(await health(url))
+        return last[-1][0] == 200
+
+    await until(healthy, timeout=timeout, what=f"{url}/healthcheck answering 200")
+    return last[-1][1]
 
 
 class ReadmeParsingTests(unittest.TestCase):

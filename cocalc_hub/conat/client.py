@@ -24,7 +24,8 @@ from collections.abc import Callable
 from os import urandom
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -89,6 +90,8 @@ class Client:
         self._signin_waiters: list[Deferred[dict[str, Any]]] = []
         self._inbox_waiters: list[Deferred[str]] = []
         self._sync_running = False
+        self._backoff: Deferred[None] | None = None
+        """The wait before the next subscription sync attempt (cancelled at close)."""
         self._last_gc = 0.0
         self._id_pool = ""
         self._id_pos = 0
@@ -213,7 +216,13 @@ class Client:
                     if self.closed or not self.transport.connected:
                         break
                     log.debug("conat client: subscription sync failed: {e}", e=e)
-                    await _sleep(self.reactor, delay)
+                    self._backoff = task.deferLater(self.reactor, delay, lambda: None)
+                    try:
+                        await self._backoff
+                    except CancelledError:
+                        break
+                    finally:
+                        self._backoff = None
                     delay = min(15.0, delay * 2)
             if self.inbox is not None and f"{self.inbox}.*" in self._subs:
                 for d in self._drain(self._inbox_waiters):
@@ -624,6 +633,8 @@ class Client:
         if self.closed:
             return
         self.closed = True
+        if self._backoff is not None:
+            self._backoff.cancel()
         for pattern in list(self._subs):
             self.transport.emit("unsubscribe", [{"subject": pattern}])
         for server in self._subs.values():
@@ -663,12 +674,6 @@ def _timeout(d: Deferred[Any], seconds: float, reactor: Any, message: str) -> No
 
     timer = reactor.callLater(seconds, expire)
     d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-
-
-def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 def connect(reactor: Any, address: str, *, cookies: dict[str, str] | None = None,

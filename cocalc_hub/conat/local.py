@@ -12,12 +12,16 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
 from cocalc_hub.conat.broker import Broker
 from cocalc_hub.conat.connection import Connection, Routed, Subscription
 from cocalc_hub.conat.permissions import HUB_USER, User
 from cocalc_hub.conat.transport.client import DISCONNECTED, Owner
 
 _ids = itertools.count(1)
+log = Logger()
 
 
 class LocalConnection(Connection):
@@ -55,6 +59,8 @@ class LocalTransport:
         self._scheduled = False
         self._acks: set[Callable[..., None]] = set()
         """Acknowledgements the client still waits for: told DISCONNECTED at close."""
+        self.gone: Deferred[None] = Deferred()
+        """Fires once closed and the client has been told (its acks and its disconnection)."""
 
     def start(self, owner: Owner) -> None:
         self.owner = owner
@@ -119,7 +125,19 @@ class LocalTransport:
             self.broker.detach(self.conn)
         self.conn = None
         acks, self._acks = self._acks, set()
+        self.reactor.callLater(0, self._tell, reason, acks)
+
+    def _tell(self, reason: str, acks: set[Callable[..., None]]) -> None:
+        """(a later reactor turn) The client hears that it is disconnected."""
         for ack in acks:
-            self.reactor.callLater(0, ack, DISCONNECTED)
+            _safely(ack, DISCONNECTED)
         if self.owner is not None:
-            self.reactor.callLater(0, self.owner.transport_disconnected, reason, False)
+            _safely(self.owner.transport_disconnected, reason, False)
+        self.gone.callback(None)
+
+
+def _safely(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.failure("conat: an in-process client failed to take its disconnection")

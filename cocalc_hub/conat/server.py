@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import task
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -21,6 +20,7 @@ from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header
 from cocalc_hub.conat.broker import Broker, BrokerConfig
 from cocalc_hub.conat.connection import Connection, Subscription
 from cocalc_hub.conat.errors import ConatError
+from cocalc_hub.conat.local import LocalConnection
 from cocalc_hub.conat.permissions import HUB_USER, SUB, SYSTEM_USER, Permissions, User, account_user, project_user
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
 from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
@@ -286,8 +286,10 @@ class ConatService(service.Service):
 
     def stopService(self) -> Deferred[None]:
         service.Service.stopService(self)
+        broker = self.server.broker
+        # in-process clients hear about it on a later reactor turn: stopped once they have
+        told = [c.transport.gone for c in broker.connections.values() if isinstance(c, LocalConnection)]
         self.sys.stop()
         self.server.close_connections()
-        self.server.broker.close_all()
-        # in-process clients hear about it on the next reactor turn; let that happen now
-        return task.deferLater(self.server.reactor, 0.01, lambda: None)
+        broker.close_all()
+        return gatherResults(told).addCallback(lambda _: None)

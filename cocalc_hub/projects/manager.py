@@ -14,7 +14,6 @@ import secrets
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,32 +22,15 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from cocalc_hub.db.store import Project, Store, utcnow
 from cocalc_hub.projects import processes
 from cocalc_hub.projects.environment import project_environment
+from cocalc_hub.projects.program import MAX_OUTPUT_LINES, READY_FD, Exited, ProjectError, ProjectProcess
 from cocalc_hub.projects.watch import ExitWatcher
 
 log = Logger()
-
-READY_FD = 3
-MAX_OUTPUT_LINES = 100
-MAX_READY_LINE = 4096
-
-
-class ProjectError(Exception):
-    """A control request that cannot be done; ``status`` is the HTTP status to report."""
-
-    def __init__(self, status: int, message: str, *, recorded: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.recorded = recorded
-        """The error state (with the project's output) is already in the store."""
-
 
 @dataclass
 class ManagerConfig:
@@ -68,85 +50,6 @@ class ManagerConfig:
     """argv of the project program (tests substitute misbehaving programs)."""
     base_path: str = "/"
     hub_url: Callable[[], str] = lambda: ""
-
-
-class ProjectProcess(ProcessProtocol):
-    """One project program we spawned: its ready line, its output, its end."""
-
-    def __init__(self, project_id: str) -> None:
-        self.project_id = project_id
-        self.pid: int | None = None
-        self.ready: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self.exited: defer.Deferred[tuple[int | None, int | None]] = defer.Deferred()
-        self.lines: deque[str] = deque(maxlen=MAX_OUTPUT_LINES)
-        self._partial: dict[int, bytes] = {}
-        self._ready_buf = b""
-        self.stopping = False
-        self.info: dict[str, Any] = {}
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.pid = self.transport.pid
-        self.transport.closeStdin()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == READY_FD:
-            self._ready_buf += data
-            if self.ready.called:
-                return
-            if b"\n" in self._ready_buf:
-                try:
-                    info = _parse_ready(self._ready_buf.split(b"\n", 1)[0])
-                except ProjectError as e:
-                    self.ready.errback(e)
-                else:
-                    self.ready.callback(info)
-            elif len(self._ready_buf) > MAX_READY_LINE:
-                self.ready.errback(ProjectError(500, "the project wrote garbage on its ready pipe"))
-            return
-        buf = self._partial.get(fd, b"") + data
-        *complete, rest = buf.split(b"\n")
-        for line in complete:
-            self.lines.append(line[:2000].decode("utf-8", "replace"))
-        # Bound a line without newline (a project printing megabytes in one line).
-        self._partial[fd] = rest[-2000:]
-
-    def output(self) -> list[str]:
-        tail = [p.decode("utf-8", "replace") for p in self._partial.values() if p]
-        return [*self.lines, *tail][-MAX_OUTPUT_LINES:]
-
-    def processExited(self, reason: Failure) -> None:
-        value = reason.value
-        result = (getattr(value, "exitCode", None), getattr(value, "signal", None))
-        if not self.ready.called:
-            self.ready.errback(_Exited(*result))
-        if not self.exited.called:
-            self.exited.callback(result)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.processExited(reason)
-
-
-class _Exited(Exception):
-    def __init__(self, code: int | None, sig: int | None) -> None:
-        super().__init__(f"exit code {code}" if code is not None else f"signal {sig}")
-        self.code = code
-        self.sig = sig
-
-
-def _parse_ready(line: bytes) -> dict[str, Any]:
-    import json
-
-    if not line.startswith(b"READY "):
-        raise ProjectError(500, "the project wrote garbage on its ready pipe")
-    try:
-        info = json.loads(line[6:])
-    except ValueError:
-        raise ProjectError(500, "the project's ready line is not JSON") from None
-    port = info.get("http_port") if isinstance(info, dict) else None
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ProjectError(500, "the project reported an invalid port")
-    return dict(info)
 
 
 @dataclass
@@ -291,6 +194,8 @@ class ProjectManager(service.Service):
                     (isinstance(pid, int) and not owned):
                 await self._set(project_id, "opened", expect=(project.state_name,), clear_secret=True, status={})
                 return await self._project(project_id)
+            # The transition is another hub process's: only the store tells, and it has no change
+            # notification across processes, so look again (bounded by the deadline above).
             await task.deferLater(self.reactor, 0.1, lambda: None)
             project = await self._project(project_id)
 
@@ -334,12 +239,13 @@ class ProjectManager(service.Service):
             message = f"the project did not report ready within {self.config.start_timeout:g} seconds and was stopped"
             await self._fail(project_id, message, proto.output())
             raise ProjectError(504, message, recorded=True) from None
-        except _Exited as e:
+        except Exited as e:
             self.starting.pop(project_id, None)
             await self.blocking(self.ptable.kill_project, project_id, uid=uid)
             how = f"with exit code {e.code}" if e.code is not None else f"by signal {e.sig}"
             if proto.stopping:
                 return await self.state(project_id)
+            await self._output_read(proto)
             await self._fail(project_id, f"the project exited {how} before it was ready", proto.output())
             raise ProjectError(500, f"the project exited {how} before it was ready", recorded=True) from None
         except ProjectError as e:
@@ -397,13 +303,22 @@ class ProjectManager(service.Service):
             return
         code, sig = result
         how = f"exit code {code}" if code is not None else (f"signal {sig}" if sig else "an unknown reason")
-        output = running.proto.output() if running.proto is not None else []
 
         async def record() -> None:
             await self.blocking(self.ptable.kill_project, project_id, uid=self.uid(project_id))
+            output: list[str] = []
+            if running.proto is not None:
+                await self._output_read(running.proto)
+                output = running.proto.output()
             await self._fail(project_id, f"the project stopped unexpectedly ({how})", output)
 
         defer.ensureDeferred(record()).addErrback(lambda f: log.failure("recording a project's end", f))
+
+    async def _output_read(self, proto: ProjectProcess) -> None:
+        """Wait until everything the exited project wrote has been read (its exit can be seen
+        before its last lines): its pipes close once its processes are killed; at most the stop
+        grace, should something else hold them open."""
+        await _wait(proto.ended, self.config.stop_grace, self.reactor)
 
     async def stop(self, project_id: str) -> dict[str, Any]:
         await self._lock(project_id).acquire()
@@ -432,7 +347,7 @@ class ProjectManager(service.Service):
             if ended is not None:
                 await _wait(ended, self.config.stop_grace, self.reactor)
             else:
-                await self._poll_gone(pid, self.config.stop_grace)
+                await self._foreign_exit(pid)
             self.ptable.signal_group(pid, signal.SIGKILL)
         await self.blocking(self.ptable.kill_project, project_id, root_pid=pid if isinstance(pid, int) else None,
                                     uid=uid)
@@ -444,12 +359,15 @@ class ProjectManager(service.Service):
             return {"state": "opened"}
         return await self.state(project_id)
 
-    async def _poll_gone(self, pid: int, grace: float) -> None:
-        deadline = self.reactor.seconds() + grace
-        while self.reactor.seconds() < deadline:
-            if not await self.blocking(self.ptable.alive, pid):
-                return
-            await task.deferLater(self.reactor, 0.05, lambda: None)
+    async def _foreign_exit(self, pid: int) -> None:
+        """Wait, at most the stop grace, for a process this hub process did not spawn to exit."""
+        exited: defer.Deferred[None] = defer.Deferred()
+        watcher = ExitWatcher(self.reactor, pid, lambda: exited.callback(None), interval=0.25, alive=self.ptable.alive)
+        watcher.start()
+        try:
+            await _wait(exited, self.config.stop_grace, self.reactor)
+        finally:
+            watcher.stop()
 
     async def restart(self, project_id: str) -> dict[str, Any]:
         await self.stop(project_id)

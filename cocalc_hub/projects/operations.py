@@ -16,7 +16,8 @@ from cocalc_hub.auth.accounts import AuthError, normalize_email
 from cocalc_hub.auth.caller import Caller
 from cocalc_hub.db.store import MEMBER_GROUPS, Conflict, Project, Store, is_uuid, normalize_uuid
 from cocalc_hub.projects.client import ProjectClient, ProjectUnreachable
-from cocalc_hub.projects.manager import ProjectError, ProjectManager, state_view
+from cocalc_hub.projects.manager import ProjectManager, state_view
+from cocalc_hub.projects.program import ProjectError
 
 log = Logger()
 

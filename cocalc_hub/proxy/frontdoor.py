@@ -358,6 +358,9 @@ class FrontDoor(protocol.Protocol):
         self.hub_body = None
         self.state = HEAD
         self._arm(IDLE_TIMEOUT)
+        if self.draining and not self.buf:
+            self.close()  # shutting down: an idle connection is not kept (the site waits for it)
+            return
         if not self._in_process:
             self._process()
             if self.state == HEAD:
@@ -561,7 +564,7 @@ class FrontDoor(protocol.Protocol):
     def exchange_finished(self, exchange: Exchange) -> None:
         self.exchange = None
         self._log(exchange.req, exchange.status, exchange.sent, exchange.started, "proxy")
-        if self.client_close_after or self.state == CLOSED:
+        if self.client_close_after or self.state == CLOSED or (self.draining and not self.buf):
             self.close()
             return
         self.state = HEAD

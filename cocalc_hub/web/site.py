@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -160,6 +160,7 @@ class HubSite(server.Site):
         self.trust_proxy = trust_proxy
         self.draining = False
         self._connections: set[Any] = set()
+        self._all_closed: list[Deferred[None]] = []
         metrics.open_connections.set_function(lambda: float(len(self._connections)))
 
     def getResourceFor(self, request: IRequest) -> IResource:
@@ -176,6 +177,18 @@ class HubSite(server.Site):
 
     def connection_closed(self, conn: Any) -> None:
         self._connections.discard(conn)
+        if not self._connections:
+            waiters, self._all_closed = self._all_closed, []
+            for d in waiters:
+                d.callback(None)
+
+    def all_closed(self) -> Deferred[None]:
+        """Fires once no front-door connection is open (cancel it to stop waiting)."""
+        if not self._connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._all_closed.remove(d))
+        self._all_closed.append(d)
+        return d
 
     def open_connections(self) -> list[Any]:
         return list(self._connections)
@@ -285,7 +298,9 @@ class WebService(service.Service):
             self.tls.describe()
 
     def stop(self) -> Deferred[None]:
-        """Stop accepting, let busy connections finish for up to ``grace`` seconds, then abort."""
+        """Stop accepting, let busy connections finish for up to ``grace`` seconds, then abort.
+
+        Draining, a connection closes as soon as its request is done; idle ones close at once."""
         self.site.draining = True
         if self.on_drain is not None:
             self.on_drain()
@@ -294,20 +309,26 @@ class WebService(service.Service):
         self.port = None
         deadline = self.reactor.seconds() + self.grace
 
-        def poll() -> None:
-            busy = self.site.close_idle()
-            if busy and self.reactor.seconds() < deadline:
-                self.reactor.callLater(0.05, poll)
-                return
-            if busy:
-                log.warn("shutdown grace period over; aborting {n} busy connection(s)", n=busy)
-            self.site.abort_all()
-            d.callback(None)
+        def drain() -> None:
+            self.site.close_idle()
+            closed = self.site.all_closed()
+            timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), closed.cancel)
+
+            def done(_: Any) -> None:
+                if timer.active():
+                    timer.cancel()
+                busy = sum(1 for conn in self.site.open_connections() if conn.busy)
+                if busy:
+                    log.warn("shutdown grace period over; aborting {n} busy connection(s)", n=busy)
+                self.site.abort_all()
+                d.callback(None)
+
+            closed.addBoth(done)
 
         if isinstance(stopped, Deferred):
-            stopped.addBoth(lambda _: poll())
+            stopped.addBoth(lambda _: drain())
         else:
-            poll()
+            drain()
         return d
 
 

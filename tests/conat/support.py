@@ -16,6 +16,7 @@ from twisted.web.server import Site
 
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
 from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+from tests.support import WAIT, until
 
 
 class RawWS(protocol.Protocol):
@@ -100,14 +101,10 @@ class RawWS(protocol.Protocol):
             d.errback(ConnectionError("closed"))
         self.closed.callback(None)
 
-    async def body(self, timeout: float = 5.0) -> bytes:
+    async def body(self) -> bytes:
         """The body of a refused handshake (waits for Content-Length bytes)."""
-        from twisted.internet import task
-
         length = int(self.response_headers.get("content-length", "0"))
-        deadline = reactor.seconds() + timeout
-        while len(self.response_body) < length and reactor.seconds() < deadline:
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await until(lambda: len(self.response_body) >= length or self.is_closed, what="the response body")
         return self.response_body
 
     # sending
@@ -134,7 +131,7 @@ class RawWS(protocol.Protocol):
         self.send_frame(0x2, data)
 
     # receiving
-    def next_frame(self, timeout: float = 5.0) -> defer.Deferred[tuple[int, bytes]]:
+    def next_frame(self, timeout: float = WAIT) -> defer.Deferred[tuple[int, bytes]]:
         if self.frames:
             return defer.succeed(self.frames.popleft())
         if self.is_closed:
@@ -143,24 +140,24 @@ class RawWS(protocol.Protocol):
         self.waiting = d
         return d.addTimeout(timeout, reactor)
 
-    async def text(self, timeout: float = 5.0) -> str:
+    async def text(self, timeout: float = WAIT) -> str:
         """The next frame, which must be a text frame."""
         opcode, payload = await self.next_frame(timeout)
         assert opcode == 0x1, f"expected a text frame, got opcode {opcode}: {payload[:80]!r}"
         return payload.decode("utf-8")
 
-    async def binary(self, timeout: float = 5.0) -> bytes:
+    async def binary(self, timeout: float = WAIT) -> bytes:
         opcode, payload = await self.next_frame(timeout)
         assert opcode == 0x2, f"expected a binary frame, got opcode {opcode}: {payload[:80]!r}"
         return payload
 
-    async def text_skipping_pings(self, timeout: float = 5.0) -> str:
+    async def text_skipping_pings(self, timeout: float = WAIT) -> str:
         while True:
             text = await self.text(timeout)
             if text != "2":
                 return text
 
-    async def close_code(self, timeout: float = 5.0) -> int | None:
+    async def close_code(self, timeout: float = WAIT) -> int | None:
         """Wait for the server's close frame; its status code (None if it had none)."""
         while True:
             opcode, payload = await self.next_frame(timeout)
@@ -187,7 +184,7 @@ async def ws_connect(case: unittest.TestCase, port: int, path: str = "/conat/?EI
         return ws.closed
 
     case.addCleanup(cleanup)
-    status = await ws.handshake_done.addTimeout(5, reactor)
+    status = await ws.handshake_done.addTimeout(WAIT, reactor)
     case.assertEqual(status, expect, ws.response_headers)
     return ws
 
@@ -228,16 +225,17 @@ class Recorder:
     def socket_disconnected(self, socket: ServerSocket, reason: str) -> None:
         self.gone.append(reason)
 
-    def wait(self, timeout: float = 5.0) -> defer.Deferred[None]:
+    def wait(self, timeout: float = WAIT) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         self.arrived = d
         return d.addTimeout(timeout, reactor)
 
 
 def serve_engine(case: unittest.TestCase, handler: Any, options: EngineOptions | None = None,
-                 handshake: Any = None) -> tuple[int, EngineFactory]:
-    """A plain Site with only the Engine.IO resource at /conat/; its port."""
-    factory = EngineFactory(handler, reactor, options)
+                 handshake: Any = None, clock: Any = reactor) -> tuple[int, EngineFactory]:
+    """A plain Site with only the Engine.IO resource at /conat/; its port. The engine's
+    timers run on ``clock`` (a test may pass a ``task.Clock`` it advances)."""
+    factory = EngineFactory(handler, clock, options)
     resource = EngineResource(factory, handshake or (lambda request: Handshake(client_ip="127.0.0.1")))
     root = Resource()
     root.putChild(b"conat", resource)

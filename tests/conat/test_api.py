@@ -11,11 +11,11 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub import __version__
-from cocalc_hub.conat.api import FUNCTIONS, MAX_REQUEST, ConatApiService
+from cocalc_hub.conat.api import FUNCTIONS, MAX_REQUEST, SUBJECT, ConatApiService
 from cocalc_hub.conat.client import JSON, Client, ConatError, connect
 from cocalc_hub.tap import HubService
 from tests.projects.support import project_pids
-from tests.support import RunningHub, make_admin, settings_for, start_hub
+from tests.support import RunningHub, make_admin, settings_for, start_hub, until
 from tests.web.api_client import ApiClient
 
 NO_SUCH_PROJECT = "00000000-0000-4000-8000-000000000000"
@@ -348,8 +348,12 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(await call("projects.list"), {"error": "Error: you must be signed in", "code": 401})
         await api.hub.store.set_banned(me, False)
         self.assertEqual([p["project_id"] for p in await call("projects.list")], [pid])
-        # stopping the service unsubscribes: nobody answers any more
+        # stopping the service unsubscribes: nobody answers any more (once the broker, in the
+        # other process, has seen the unsubscription or the closed connection)
         await api_service(api.hub).stopService()
+        assert broker.hub.conat is not None
+        index = broker.hub.conat.broker.index
+        await until(lambda: index.get(SUBJECT) is None, what="the broker to drop the API's subscription")
         with self.assertRaises(ConatError) as e:
             await call("system.ping")
         self.assertEqual(e.exception.code, 503)

@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor
 from cocalc_hub.conat.client import ConatError
 from tests.conat.support import sockets
 from tests.members import MembersCase
-from tests.support import make_admin, sleep
+from tests.support import make_admin, until
 from tests.web.api_client import ApiClient
 
 
@@ -72,22 +72,25 @@ class SignInTests(AuthCase):
         self.assertEqual(await self.refused({"remember_me": "sha512$a$b"}),
                          "Error: badly formatted remember_me cookie")
         self.assertIn("must set one of the following cookies", await self.refused({"theme": "dark"}))
-        await sleep(0.1)
-        self.assertEqual((sockets(self.broker()), self.broker().total), ([], 0))
+        # the broker forgets each refused socket once its close arrives
+        await until(lambda: sockets(self.broker()) == [], what="the refused sockets to be gone")
+        self.assertEqual(self.broker().total, 0)
 
     async def test_signing_out_closes_the_browsers_connection(self) -> None:
+        # No cached sign-in expires during this test: only the sign-out itself can close the
+        # connection (at once, not when a cache runs out).
+        self.patch(self.hub.hub.auth.auth, "ttl", 3600.0)
         c = self.browser(self.friend)
         await c.signed_in()
         gone: defer.Deferred[str] = defer.Deferred()
         c.listeners.append(lambda what, detail: gone.callback(detail) if what == "disconnected" else None)
-        started = reactor.seconds()
         r = await self.friend.post("accounts/sign-out")
         self.assertEqual(r.code, 200)
-        self.assertEqual(await gone.addTimeout(5, reactor), "io server disconnect")
-        self.assertLess(reactor.seconds() - started, 1.0)
+        self.assertEqual(await gone.addTimeout(30, reactor), "io server disconnect")
         self.assertEqual(c.error and str(c.error), "Error: remember me cookie expired")
 
     async def test_a_password_change_closes_the_other_sessions_and_a_deleted_key_its_clients(self) -> None:
+        self.patch(self.hub.hub.auth.auth, "ttl", 3600.0)  # closed by the change itself, not by a cache running out
         other_device = ApiClient(self.hub.base, self.pool)
         self.assertEqual((await other_device.sign_in("friend@example.com")).code, 200)
         here, there = self.browser(self.friend), self.browser(other_device)
@@ -99,20 +102,14 @@ class SignInTests(AuthCase):
         r = await self.friend.post("accounts/set-password", {"currentPassword": "a-Good-passphrase",
                                                              "newPassword": "another-Good-passphrase"})
         self.assertEqual(r.code, 200)
-        await self.until(lambda: not there.is_signed_in)
+        await until(lambda: not there.is_signed_in, what="the other session's connection to close")
         self.assertEqual(str(there.error), "Error: remember me cookie expired")
         self.assertTrue(here.is_signed_in and scripted.is_signed_in)
         r = await self.friend.post("api-keys", {"action": "delete", "id": key["id"]})
         self.assertEqual(r.code, 200)
-        await self.until(lambda: not scripted.is_signed_in)
+        await until(lambda: not scripted.is_signed_in, what="the key's connection to close")
         self.assertEqual(str(scripted.error), "Error: api key no longer valid")
         self.assertTrue(here.is_signed_in)
-
-    async def until(self, condition: Any, seconds: float = 1.0) -> None:
-        deadline = reactor.seconds() + seconds
-        while not condition():
-            self.assertLess(reactor.seconds(), deadline, "not within the deadline")
-            await sleep(0.02)
 
     async def test_banning_closes_every_connection_of_the_account(self) -> None:
         clients = [self.browser(self.outsider) for _ in range(2)]
@@ -120,12 +117,9 @@ class SignInTests(AuthCase):
             await c.signed_in()
         r = await self.admin.post("admin/ban", {"account_id": self.outsider.account_id})
         self.assertEqual(r.code, 200)
-        for _ in range(50):
-            if not any(c.is_signed_in for c in clients):
-                break
-            await sleep(0.05)
-        self.assertFalse(any(c.is_signed_in for c in clients))
-        self.assertEqual(self.broker().total, 0)
+        await until(lambda: not any(c.is_signed_in for c in clients), what="the banned clients to be disconnected")
+        # a client hears of its disconnection before the broker has counted its socket out
+        await until(lambda: self.broker().total == 0, what="the broker to count the connections out")
 
 
 class BasePathTests(AuthCase):
@@ -182,14 +176,12 @@ class PermissionTests(AuthCase):
         hub = self.client({"hub_password": self.hub_password})
         await hub.signed_in()
         self.assertEqual(await hub.publish(f"project.{self.project}.files", "before"), 1)
-        self.assertEqual((await sub.next(5)).data, "before")
+        self.assertEqual((await sub.next(30)).data, "before")
         r = await self.owner.post("projects/collaborators/remove", {"project_id": self.project,
                                                                     "account_id": self.friend.account_id})
         self.assertEqual(r.code, 200)
-        for _ in range(50):
-            if await hub.publish(f"project.{self.project}.files", "after") == 0:
-                break
-            await sleep(0.02)
+        await until(lambda: not self.broker().index.get(f"project.{self.project}.files"),
+                    what="the broker to drop the subscription")
         self.assertEqual(await hub.publish(f"project.{self.project}.files", "after"), 0)
         with self.assertRaises(ConatError) as e:
             await friend.publish(f"project.{self.project}.files", "sneaky")
@@ -213,11 +205,7 @@ class SysServiceTests(AuthCase):
         self.assertEqual(usage["0"]["total"], 2)
         (victim_id,) = [sid for sid, s in stats["0"].items() if s["user"] == {"account_id": self.outsider.account_id}]
         self.assertEqual(await admin.call("sys.conat.default.0", "disconnect", victim_id), 1)
-        for _ in range(50):
-            if not victim.is_signed_in:
-                break
-            await sleep(0.02)
-        self.assertFalse(victim.is_signed_in)
+        await until(lambda: not victim.is_signed_in, what="the victim to be disconnected")
         self.assertEqual(await admin.call("sys.conat.default.0", "clusterAddresses"), [self.hub.root])
         with self.assertRaises(ConatError) as e:
             await admin.call("sys.conat.default", "clusterAddresses")

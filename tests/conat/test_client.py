@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from cocalc_hub.conat.client import JSON, Client, ConatError, Message, connect
 from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.permissions import account_user
 from tests.conat.support import sockets
-from tests.support import RunningHub, settings_for, sleep, start_hub
+from tests.support import RunningHub, settings_for, settle, start_hub, until
 
 A = "aaaaaaaa-0000-4000-8000-000000000001"
 
@@ -28,6 +28,14 @@ class HubCase(unittest.TestCase):
         c = connect(reactor, self.hub.root, cookies=cookies, **options)
         self.addCleanup(c.close)
         return c
+
+    def broker(self) -> Any:
+        assert self.hub.hub.conat is not None
+        return self.hub.hub.conat.broker
+
+    def held(self, subject: str) -> bool:
+        """Does the broker hold a wait-for-interest for this subject?"""
+        return any(w.subject == subject for w in self.broker().waiters)
 
     def local(self, user: Any = None) -> Client:
         assert self.hub.hub.conat is not None
@@ -50,7 +58,7 @@ class PubSubTests(HubCase):
         sub = await b.subscribe("news.*")
         self.assertEqual(await a.publish("news.today", {"n": [1, 2.5, "x", None, b"\x00"]}, headers={"k": "v"}), 1)
         self.assertEqual(await a.publish("news.json", ["j", 1], encoding=JSON), 1)
-        first, second = await sub.next(5), await sub.next(5)
+        first, second = await sub.next(30), await sub.next(30)
         self.assertEqual((first.subject, first.data, first.headers), ("news.today", {"n": [1, 2.5, "x", None, b"\x00"]},
                                                                        {"k": "v"}))
         self.assertEqual((second.subject, second.encoding, second.raw, second.data),
@@ -75,11 +83,11 @@ class PubSubTests(HubCase):
         s1 = await b.subscribe("t")
         s2 = await b.subscribe("t")
         self.assertEqual(await a.publish("t", 1), 1)
-        self.assertEqual(((await s1.next(5)).data, (await s2.next(5)).data), (1, 1))
+        self.assertEqual(((await s1.next(30)).data, (await s2.next(30)).data), (1, 1))
         s1.close()
         self.assertEqual(await a.publish("t", 2), 1)
-        s2.close()
-        await sleep(0.1)
+        s2.close()  # the last one: the client unsubscribes (no answer comes back)
+        await until(lambda: self.broker().index.get("t") is None, what="the broker to drop the subscription")
         self.assertEqual(await a.publish("t", 3), 0)
 
     async def test_async_iteration_ends_when_closed(self) -> None:
@@ -136,10 +144,10 @@ class RequestTests(HubCase):
 
     async def test_closing_the_client_ends_open_requests(self) -> None:
         a, b = await self.pair()
-        await b.subscribe("silent.x")  # a subscriber that never answers
+        silent = await b.subscribe("silent.x")  # a subscriber that never answers
         replies = await a.request_many("silent.x", 1, max_wait=60)
         pending = a.request("silent.x", 2, timeout=60)
-        await sleep(0.05)
+        self.assertEqual([(await silent.next(30)).data for _ in range(2)], [1, 2])  # both are open
         a.close()
         with self.assertRaises(StopAsyncIteration):
             await replies.__anext__()
@@ -164,45 +172,52 @@ class RequestTests(HubCase):
     async def test_wait_for_interest(self) -> None:
         a, b = await self.pair()
         self.assertFalse(await a.wait_for_interest("later", timeout=0))
-        waiting = a.wait_for_interest("later", timeout=10)
-        await sleep(0.1)
+        waiting = a.wait_for_interest("later", timeout=30)
+        await until(lambda: self.held("later"), what="the broker to hold the wait")
         self.assertFalse(waiting.called)
         await b.subscribe("later")
         self.assertTrue(await waiting)
-        published = a.publish("later2", 1, wait_for_interest=True, timeout=10)
-        await sleep(0.2)
+        published = a.publish("later2", 1, wait_for_interest=True, timeout=30)
+        await until(lambda: self.held("later2"), what="the broker to hold the wait")
+        self.assertFalse(published.called)
         sub = await b.subscribe("later2")
         self.assertEqual(await published, 1)
-        self.assertEqual((await sub.next(5)).data, 1)
+        self.assertEqual((await sub.next(30)).data, 1)
 
     async def test_a_request_waiting_for_interest_reaches_a_later_responder(self) -> None:
         a, b = await self.pair()
-        asked = a.request("later3", 2, wait_for_interest=True, timeout=10)
-        await sleep(0.2)
+        asked = a.request("later3", 2, wait_for_interest=True, timeout=30)
+        await until(lambda: self.held("later3"), what="the broker to hold the wait")
         self.assertFalse(asked.called)
         await b.subscribe("later3", callback=lambda msg: msg.respond(msg.data * 10))
         self.assertEqual((await asked).data, 20)
 
 
 class ConnectionTests(HubCase):
+    async def test_closing_cancels_the_wait_before_a_subscription_sync_retry(self) -> None:
+        c = self.local()
+        await c.signed_in()
+        self.patch(c, "_call", lambda event, args, timeout: defer.fail(ConatError("refused", 403)))
+        defer.ensureDeferred(c._sync())  # as after a sign-in: it fails and waits to try again
+        await until(lambda: c._backoff is not None, what="the sync to wait for its retry")
+        c.close()
+        self.assertIsNone(c._backoff)  # and trial finds no timer left behind
+
     async def test_reconnects_and_restores_subscriptions(self) -> None:
         a, b = await self.pair()
         sub = await b.subscribe("survive.*")
         events: list[str] = []
         b.listeners.append(lambda what, _: events.append(what))
         assert self.hub.hub.conat is not None
+        before = {c.id for c in sockets(self.broker())}
         self.hub.hub.conat.close_connections()  # both clients lose their sockets
-        for _ in range(100):
-            if events.count("info") and a.is_signed_in:
-                break
-            await sleep(0.05)
+        await until(lambda: "info" in events and a.is_signed_in, what="both clients to be back")
         self.assertEqual(events[:1], ["disconnected"])
-        self.assertIn("info", events)
-        for _ in range(100):
-            if await a.publish("survive.x", "after") == 1:
-                break
-            await sleep(0.05)
-        self.assertEqual((await sub.next(5)).data, "after")
+        # the old connections are gone and b restored its subscription on its new one
+        await until(lambda: not before & set(self.broker().connections) and
+                    any("survive.*" in c.subs for c in sockets(self.broker())), what="b's subscription to be restored")
+        self.assertEqual(await a.publish("survive.x", "after"), 1)
+        self.assertEqual((await sub.next(30)).data, "after")
 
         async def echo(msg: Message) -> None:
             await msg.respond(msg.data)
@@ -218,18 +233,22 @@ class ConnectionTests(HubCase):
         assert self.hub.hub.conat is not None
         broker = self.hub.hub.conat.broker
         self.assertEqual(broker.disconnect_ids([c.id for c in sockets(broker)]), 1)
-        await sleep(1.0)
-        self.assertEqual(events, ["disconnected:io server disconnect"])
+        await until(lambda: bool(events), what="the client to hear of the disconnection")
         self.assertFalse(a.is_signed_in)
+        # A bounded negative check: a reconnection would come within the client's first retry
+        # delay; nothing may follow the disconnection.
+        await settle(1.0)
+        self.assertEqual(events, ["disconnected:io server disconnect"])
 
     async def test_a_wrong_password_fails_sign_in_without_a_retry_loop(self) -> None:
         bad = self.client(cookies={"hub_password": "wrong"})
         with self.assertRaises(ConatError) as e:
             await bad.signed_in()
         self.assertEqual(str(e.exception), "Error: invalid hub password")
-        await sleep(0.3)
-        assert self.hub.hub.conat is not None
-        self.assertEqual(sockets(self.hub.hub.conat.broker), [])
+        await until(lambda: sockets(self.broker()) == [], what="the refused socket to be gone")
+        # A bounded negative check: a retry would come within the client's first retry delay.
+        await settle(0.3)
+        self.assertEqual(sockets(self.broker()), [])
 
     async def test_permission_denials_are_remembered_by_the_client(self) -> None:
         c = self.local(account_user(A))
@@ -254,7 +273,7 @@ class LocalTests(HubCase):
         self.assertEqual(local.user, {"hub_id": "hub"})
         sub = await local.subscribe("mixed.>")
         self.assertEqual(await remote.publish("mixed.a.b", {"x": 1}), 1)
-        self.assertEqual((await sub.next(5)).data, {"x": 1})
+        self.assertEqual((await sub.next(30)).data, {"x": 1})
         await local.service("svc.local", lambda name, args, msg: [name, *args])
         self.assertEqual(await remote.call("svc.local", "hi", 1), ["hi", 1])
         await remote.service("svc.remote", lambda name, args, msg: name.upper())
@@ -276,10 +295,7 @@ class LocalTests(HubCase):
 
         await local.subscribe("loop", callback=cb)
         local.publish_sync("loop", 0)
-        for _ in range(50):
-            if len(seen) == 6:
-                break
-            await sleep(0.01)
+        await until(lambda: len(seen) == 6, what="six deliveries")
         self.assertEqual(seen, [0, 1, 2, 3, 4, 5])
 
     async def test_in_process_users_are_checked_like_everyone(self) -> None:
@@ -291,4 +307,4 @@ class LocalTests(HubCase):
         self.assertEqual(e.exception.code, 403)
         sub = await c.subscribe(f"account.{A}.mine")
         self.assertEqual(await c.publish(f"account.{A}.mine", 1), 1)
-        self.assertEqual((await sub.next(5)).data, 1)
+        self.assertEqual((await sub.next(30)).data, 1)

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from cocalc_hub.conat.transport.engine import EngineOptions
 from tests.conat.support import Recorder, open_session, serve_engine, ws_connect
-from tests.support import parse_response, raw_get, raw_http
+from tests.support import parse_response, raw_get, raw_http, until
 
 FAST = EngineOptions(ping_interval=0.2, ping_timeout=0.3, connect_timeout=0.3)
 
@@ -136,7 +136,7 @@ class PacketTests(unittest.TestCase):
         rec = Recorder()
         ws = await self.connected(rec)
         ws.send_text("41")
-        await task.deferLater(reactor, 0.05, lambda: None)
+        await until(lambda: bool(rec.gone), what="the server to hear of the disconnection")
         self.assertEqual(rec.gone, ["client namespace disconnect"])
         self.assertFalse(rec.sockets[0].connected)
         ws.send_text("40")
@@ -167,9 +167,19 @@ class PacketTests(unittest.TestCase):
         mask = b"\x01\x02\x03\x04"
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         raw = bytes((0x81, 0x80 | 126)) + struct.pack("!H", len(payload)) + mask + masked
+        (server,) = self.factory.connections
+        read = [0]
+        receive = server.dataReceived
+
+        def counting(data: bytes) -> None:
+            read[0] += len(data)
+            receive(data)
+
+        self.patch(server, "dataReceived", counting)
         for i in range(0, len(raw), 7):
             ws.transport.write(raw[i:i + 7])
-            await task.deferLater(reactor, 0.002, lambda: None)
+            # the server has read this piece before the next is written: one read per piece
+            await until(lambda i=i: read[0] >= min(i + 7, len(raw)), what="the server to read the piece")
         self.assertEqual(await ws.text(), '431[{"got":"slow","args":["' + "z" * 300 + '"]}]')
 
     async def test_fragmented_messages_and_control_frames(self) -> None:
@@ -276,29 +286,47 @@ class ProtocolErrorTests(unittest.TestCase):
 
 
 class TimerTests(unittest.TestCase):
+    """The engine's timers run on a clock the test advances, so no step races real time."""
+
+    async def handled(self, ws: Any) -> None:
+        """Everything sent so far has been handled, and nothing else sent back before this answer."""
+        ws.send_text('429["sync"]')
+        self.assertEqual(await ws.text(), '439[{"got":"sync","args":[]}]')
+
     async def test_server_pings_and_closes_when_pongs_stop(self) -> None:
         rec = Recorder()
-        port, factory = serve_engine(self, rec, FAST)
+        clock = task.Clock()
+        port, factory = serve_engine(self, rec, FAST, clock=clock)
         ws = await ws_connect(self, port)
         opened = json.loads((await ws.text())[1:])
         self.assertEqual((opened["pingInterval"], opened["pingTimeout"]), (200, 300))
         ws.send_text("40")
         await ws.text()
-        started = reactor.seconds()
+        clock.advance(0.19)
+        await self.handled(ws)  # no ping before the interval
+        clock.advance(0.01)
         self.assertEqual(await ws.text(), "2")
-        self.assertGreaterEqual(reactor.seconds() - started, 0.15)
         ws.send_text("3")
+        await self.handled(ws)
+        clock.advance(0.19)
+        await self.handled(ws)
+        clock.advance(0.01)
         self.assertEqual(await ws.text(), "2")  # the next ping, an interval after the pong
         # no pong this time
-        await ws.closed.addTimeout(3, reactor)
+        clock.advance(0.29)
+        await self.handled(ws)  # not yet timed out
+        clock.advance(0.01)
+        await ws.closed.addTimeout(30, reactor)
         self.assertEqual(rec.gone, ["ping timeout"])
         self.assertEqual(factory.connections, set())
 
     async def test_a_client_that_never_joins_is_closed(self) -> None:
         rec = Recorder()
-        port, factory = serve_engine(self, rec, FAST)
+        clock = task.Clock()
+        port, factory = serve_engine(self, rec, FAST, clock=clock)
         ws = await ws_connect(self, port)
         await ws.text()
+        clock.advance(0.3)
         self.assertEqual(await ws.close_code(), 1000)
         self.assertEqual(rec.sockets, [])
 

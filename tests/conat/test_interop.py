@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.broker import Broker
 from cocalc_hub.conat.client import JSON, MSGPACK, Client, connect
-from tests.support import CI, REPO, RunningHub, settings_for, spawn, start_hub
+from tests.support import CI, REPO, RunningHub, settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
 NODE_DIR = REPO / "tests" / "node"
@@ -109,11 +109,8 @@ async def run_script(case: unittest.TestCase, argv: list[str],
 
 async def gone(case: unittest.TestCase, broker: Broker, sids: list[str]) -> None:
     """The broker forgets these connections soon after the client closed them."""
-    for _ in range(200):
-        if not any(sid in broker.connections for sid in sids):
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    case.fail(f"connections still known to the broker: {[s for s in sids if s in broker.connections]}")
+    await until(lambda: not any(sid in broker.connections for sid in sids),
+                what="the broker to forget the closed connections")
 
 
 def delivery(event: str, subject: str, data: list[Any]) -> dict[str, Any]:
@@ -375,12 +372,13 @@ class NodeClientTests(unittest.TestCase):
             self.assertEqual(got["reason"], "io server disconnect", name)
             self.assertEqual(got["reconnect_attempts"], 0, name)
             self.assertIs(got["active"], False, name)
-            self.assertLess(got["ms"], 2000, name)
+            self.assertLess(got["ms"], 5000, name)  # at once, not after the 7.5 s info-ack timeout
             self.assertEqual(len(got["frames_in"]), 3, got["frames_in"])
             self.assertRegex(got["frames_in"][0], r'^40\{"sid":"[A-Za-z0-9_-]{20}"\}$')
             self.assertEqual(got["frames_in"][1:], ["42" + json.dumps(["info", info], separators=(",", ":")), "41"])
-        # nothing lingers on the broker
-        self.assertEqual((broker.total, len(broker.connections), dict(broker.per_user)), before)
+        # nothing lingers on the broker (once it has seen the sockets close)
+        await until(lambda: (broker.total, len(broker.connections), dict(broker.per_user)) == before,
+                    what="the broker to forget the refused connections")
 
     async def test_under_a_base_path(self) -> None:
         node = require_node()

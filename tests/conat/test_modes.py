@@ -87,7 +87,7 @@ class ConatServerProcessTests(unittest.TestCase):
         await c.signed_in()
         sub = await c.subscribe("ping")
         self.assertEqual(await c.publish("ping", "pong"), 1)
-        self.assertEqual((await sub.next(5)).data, "pong")
+        self.assertEqual((await sub.next(30)).data, "pong")
         c.close()
         transport.signalProcess("TERM")
         await proc.ended
@@ -114,4 +114,4 @@ class TlsTests(unittest.TestCase):
             await c.signed_in(timeout=20)
         sub = await clients[0].subscribe("tls.x")
         self.assertEqual(await clients[1].publish("tls.x", "secure"), 1)
-        self.assertEqual((await sub.next(5)).data, "secure")
+        self.assertEqual((await sub.next(30)).data, "secure")

@@ -237,7 +237,7 @@ class CommandTests(PersistCase):
         await server.close()
         self.servers.remove(server)
         await self.start_server(backends[1])  # the same files: the data is still there
-        await until(lambda: bool(rebuilt), timeout=10)
+        await until(lambda: bool(rebuilt))
         await p.set("after")
         self.assertEqual([m.raw async for b in p.get_all() for m in b], [encode("before"), encode("after")])
 
@@ -267,7 +267,7 @@ class CommandTests(PersistCase):
         self.assertLess(waited, 4, "requests to a dead server waited for their timeout")
         del stream.set  # type: ignore[method-assign]  # (the backend shares this stream with the next server)
         await self.start_server()
-        await until(lambda: bool(rebuilt), timeout=10)
+        await until(lambda: bool(rebuilt))
         await p.set("after")
         self.assertEqual([m.raw async for b in p.get_all() for m in b], [encode("before"), encode("after")])
 
@@ -320,7 +320,7 @@ class DStreamTests(PersistCase):
                 sock.close("dropped by the test")
         for i in range(10, 30):
             await writer.publish(i)
-        await until(lambda: len(reader) == 30, timeout=15)
+        await until(lambda: len(reader) == 30)
         self.assertEqual(list(reader), list(range(30)))
         self.assertEqual(values, list(range(30)))
 

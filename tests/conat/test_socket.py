@@ -12,7 +12,7 @@ from cocalc_hub.conat.client import Client, ConatError, Message, connect
 from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.socket import ServerSocket, SocketClient, SocketServer
 from cocalc_hub.conat.socket.tcp import CMD, SEQ
-from tests.support import settings_for, sleep, start_hub, until
+from tests.support import settings_for, start_hub, until
 
 
 class SocketCase(unittest.TestCase):
@@ -119,7 +119,7 @@ class SocketTests(SocketCase):
 
         sock.send_data = lossy  # type: ignore[method-assign]
         sock.write("only")  # lost; no later message shows the gap: the resend timer does
-        await until(lambda: self.server_data == ["only"], timeout=5)
+        await until(lambda: self.server_data == ["only"])
         self.assertEqual(sent[:2], [1, 1])
 
     async def test_a_gap_the_sender_forgot_resets_the_socket(self) -> None:
@@ -183,7 +183,7 @@ class SocketTests(SocketCase):
         sock.state = "closed"  # the client vanishes without a word
         sock.sender.stop()
         conn.close()
-        await until(lambda: bool(ended), timeout=5)
+        await until(lambda: bool(ended))
         self.assertIn("keepalive", ended[0])
 
     async def test_connect_waits_for_a_server_and_fails_without_one(self) -> None:
@@ -194,7 +194,9 @@ class SocketTests(SocketCase):
         opening = SocketClient(self.client(), "svc.late", server_id=_fixed("s1"))
         self.addCleanup(opening.close)
         d = opening.connect()
-        await sleep(0.2)
+        # it sends connect and waits for interest in its server's subject
+        await until(lambda: any(w.subject.startswith("svc.late.server.s1.") for w in self.broker.waiters),
+                    what="the client to wait for its server")
         self.assertFalse(d.called)
         await self.serve()
         await d
@@ -248,8 +250,8 @@ class RealSocketTests(unittest.TestCase):
         # every connection drops; the socket comes back and nothing written meanwhile is lost
         assert hub.hub.conat is not None
         hub.hub.conat.close_connections()
-        await until(lambda: sock.state == "disconnected" or sock.state == "connecting", timeout=10)
+        await until(lambda: sock.state == "disconnected" or sock.state == "connecting")
         for i in range(200, 210):
             sock.write(i)
-        await until(lambda: sock.state == "ready" and len(data) >= 210, timeout=20)
+        await until(lambda: sock.state == "ready" and len(data) >= 210)
         self.assertEqual(data, list(range(210)))

@@ -149,8 +149,15 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// Wait until `predicate()` is true (polling), or give up after `ms`.
-async function until(predicate, ms = 10000) {
+// Let `ms` pass: only for a bounded negative check (something that must not happen gets this
+// long to show up). To wait for something to happen, use until().
+function settle(ms) {
+  return sleep(ms);
+}
+
+// Wait until `predicate()` is true (polling), or give up after `ms` (generous: the machine may be
+// loaded; it returns as soon as the predicate holds).
+async function until(predicate, ms = 30000) {
   const deadline = Date.now() + ms;
   while (!predicate()) {
     if (Date.now() > deadline) return false;
@@ -159,4 +166,4 @@ async function until(predicate, ms = 10000) {
   return true;
 }
 
-module.exports = { connect, call, subscribe, publish, listen, randomId, sleep, until, chunkArray, MAX_HEADER_SIZE };
+module.exports = { connect, call, subscribe, publish, listen, randomId, settle, sleep, until, chunkArray, MAX_HEADER_SIZE };

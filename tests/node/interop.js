@@ -9,7 +9,7 @@
 // "HOLD <json>" to stderr and wait for a line on stdin.
 
 const crypto = require("crypto");
-const { connect, call, subscribe, publish, listen, randomId, sleep, until } = require("./conat");
+const { connect, call, subscribe, publish, listen, randomId, settle, sleep, until } = require("./conat");
 
 function show(x) {
   if (Buffer.isBuffer(x)) return { hex: x.toString("hex") };
@@ -79,7 +79,7 @@ async function scenarioHub({ url, cookie, tag: T }) {
   out.pub_wildcard = await call(A, "publish", [`t.${T}.*`, randomId(), 0, 1, 0, Buffer.from("x")]);
   out.pub_empty_subject = await call(A, "publish", ["", randomId(), 0, 1, 0, Buffer.from("x")]);
   await until(() => deliveries.length >= 4);
-  await sleep(50);
+  await settle(50); // a bounded negative check: no further (duplicate) deliveries
   out.deliveries = deliveries.slice();
   out.delivery_frames = framesFrom(A.frames.in, `451-["t.${T}.a",`, 2);
   out.publish_frames = framesContaining(A.frames.out, ids.headers, 2);
@@ -107,7 +107,7 @@ async function scenarioHub({ url, cookie, tag: T }) {
   await until(() => silent.length >= 2 && counted.length >= 1);
   out.unsub_gt = await call(B, "unsubscribe", { subject: ">" });
   out.wfi_after_gt = await call(A, "wait-for-interest", { subject: `n.${T}.nobody`, timeout: 0 });
-  await sleep(50);
+  await settle(50); // a bounded negative check: no further deliveries
   out.silent_deliveries = silent.slice();
   out.counted_deliveries = counted.slice();
 
@@ -130,7 +130,7 @@ async function scenarioHub({ url, cookie, tag: T }) {
     queueAcks.push(await call(A, "publish", [`q.${T}.svc`, id, 0, 1, 0, Buffer.from(String(i))]));
   }
   await until(() => got.d1.length + got.d2.length >= 40 && got.e.length >= 40);
-  await sleep(100);
+  await settle(100); // a bounded negative check: no message reaches both queue members
   out.queue = { ids: queueIds, acks: queueAcks, ...got };
 
   // chunked messages (3 chunks each) to the same queue group: every chunk of one message
@@ -151,7 +151,7 @@ async function scenarioHub({ url, cookie, tag: T }) {
     chunkAcks.push(...(await publish(A, `q.${T}.big`, raw, { id, maxPayload: 1 }))); // chunks of 1000 bytes
   }
   await until(() => whole.d1.length + whole.d2.length >= 10 && whole.e.length >= 10);
-  await sleep(100);
+  await settle(100); // a bounded negative check: no chunk strays to the other member
   out.queue_chunked = { sent: sentWhole, acks: chunkAcks, ...whole, chunk_counts: chunkCounts };
 
   // unsubscribe: single (ack null) and array (array of nulls)
@@ -161,7 +161,7 @@ async function scenarioHub({ url, cookie, tag: T }) {
   out.unsub_array = await call(A, "unsubscribe", [{ subject: `t.${T}.arr1` }, { subject: `t.${T}.never` }]);
   out.subscriptions_2 = await call(A, "subscriptions", null);
   await until(() => deliveries.some((d) => d.data[0] === ids.after_unsub));
-  await sleep(50);
+  await settle(50); // a bounded negative check: nothing for the unsubscribed pattern
   out.after_unsub_events = deliveries.filter((d) => d.data[0] === ids.after_unsub).map((d) => d.event);
 
   // request/reply: C answers on r.T.echo (queue "0") to the CN-Reply subject
@@ -189,7 +189,8 @@ async function scenarioHub({ url, cookie, tag: T }) {
     order.push("answered");
     return v;
   });
-  await sleep(200);
+  // a round trip after it: the broker handles a connection's events in order, so it holds the wait now
+  await call(A, "subscriptions", null);
   order.push("subscribing");
   out.sub_w = await subscribe(W, `w.${T}.>`);
   out.wfi_pending = await pending;
@@ -239,7 +240,7 @@ async function scenarioPermission({ url, cookie, me, other, tag: T }) {
   out.many_added = results.filter((x) => x && x.status === "added").length;
   out.many_results = results.length;
   await step("sub_too_many", "subscribe", { subject: `account.${me}.${T}.last`, queue: "q" });
-  await sleep(50);
+  await settle(50); // a bounded negative check: no further permission events
   out.events = events;
   P.sock.disconnect();
   return out;
@@ -254,9 +255,9 @@ async function scenarioAuthFailure({ url, cookie }) {
     const t0 = Date.now();
     let attempts = 0;
     conn.sock.io.on("reconnect_attempt", () => attempts++);
-    const reason = await Promise.race([conn.disconnected, sleep(5000).then(() => "still connected")]);
+    const reason = await Promise.race([conn.disconnected, sleep(10000).then(() => "still connected")]);
     const ms = Date.now() - t0;
-    await sleep(600);
+    await settle(600); // a bounded negative check: socket.io's first reconnection attempt would come by now
     out[name] = {
       info: conn.info,
       info_had_ack: conn.infoHadAck,
@@ -346,7 +347,7 @@ async function scenarioBasePath({ url, basePath, cookies, tag: T }) {
       result.deliveries = got;
       conn.sock.disconnect();
     } else {
-      result.reason = await Promise.race([conn.disconnected, sleep(5000).then(() => "still connected")]);
+      result.reason = await Promise.race([conn.disconnected, sleep(10000).then(() => "still connected")]);
     }
     out[name] = result;
   }

@@ -67,7 +67,7 @@ class LifecycleTests(ProjectConatCase):
         # the project said goodbye itself before exiting (SIGTERM → "stopping")
         self.assertIn(("project", "stopping"), [(e["source"], e["state"]) for e in stopped])
         with self.assertRaises(ConatError) as e:
-            await friend.call(self.api, "ping", timeout=5)
+            await friend.call(self.api, "ping", timeout=30)
         self.assertEqual(e.exception.code, 503)
 
     async def test_outsiders_and_signed_out_users_are_refused(self) -> None:
@@ -124,6 +124,6 @@ class NoConatTests(ProjectConatCase):
         self.assertTrue(any("CONAT_SERVER is not set" in line for line in output), output)
         client = self.browser(self.owner)
         with self.assertRaises(ConatError) as e:
-            await client.call(self.api, "ping", timeout=5)
+            await client.call(self.api, "ping", timeout=30)
         self.assertEqual(e.exception.code, 503)
 

@@ -54,7 +54,7 @@ class StatusTests(PersistCase):
         await self.start(await self.watch(self.owner))
         # connecting after the fact: the current state is there, not only future events
         kv = await self.kv(self.owner, "project-status")
-        await until(lambda: current(kv) == "running", timeout=10)
+        await until(lambda: current(kv) == "running")
         self.assertLessEqual(set(kv.get("state")), {"state", "time", "error"})
         self.assertEqual(kv.keys(), ["state"])
         seen: list[str] = []
@@ -66,7 +66,7 @@ class StatusTests(PersistCase):
 
         r = await self.owner.post("projects/stop", {"project_id": self.project})
         self.assertEqual(r.code, 200, r)
-        await until(lambda: "opened" in seen, timeout=15)
+        await until(lambda: "opened" in seen)
         self.assertEqual(seen, ["stopping", "opened"])  # through the changefeed, in order
         await until(lambda: current(friend) == "opened")
         recorder: Any = self.hub.hub.getServiceNamed("project-status")
@@ -81,7 +81,7 @@ class RecordsTests(PersistCase):
         home = self.manager.home(self.project)
 
         info_kv = await self.kv(self.owner, "project-info")
-        await until(lambda: info_kv.get("info") is not None, timeout=10)
+        await until(lambda: info_kv.get("info") is not None)
         info = info_kv.get("info")
         self.assertEqual({k: info[k] for k in ("pid", "version", "home", "hostname")},
                          {"pid": running.pid, "version": __version__, "home": str(home),
@@ -94,7 +94,7 @@ class RecordsTests(PersistCase):
         result = await friend.call(self.api, "exec", {"command": "echo $((6*7))xyzzy $SECRET", "bash": True,
                                                       "env": {"SECRET": "hunter2"}})
         self.assertEqual(result["stdout"], "42xyzzy hunter2\n")
-        await until(lambda: len(log) == 1, timeout=10)
+        await until(lambda: len(log) == 1)
         entry = log[0]
         self.assertEqual(set(entry), ENTRY_FIELDS)
         self.assertEqual((entry["command"], entry["args"], entry["exit_code"], entry["timed_out"], entry["cwd"]),
@@ -114,7 +114,7 @@ class RecordsTests(PersistCase):
         self.assertEqual(e.exception.code, 504)
         job = await owner.call(self.api, "exec", {"command": "true", "async_call": True})
         await owner.call(self.api, "exec", {"async_get": job["job_id"], "async_await": True})
-        await until(lambda: len(log) == 4, timeout=10)
+        await until(lambda: len(log) == 4)
         self.assertEqual([(e["command"], e["args"], e["exit_code"], e["timed_out"]) for e in list(log)[1:]],
                          [("sh", ["-c", "exit 3"], 3, False), ("sleep", ["30"], None, True), ("true", [], 0, False)])
         self.assertLess(log[2]["duration_ms"], 10_000)
@@ -154,7 +154,7 @@ class NoPersistTests(PersistCase):
             result = await owner.call(self.api, "exec", {"command": "echo", "args": [str(i)]})
             self.assertEqual(result["stdout"], f"{i}\n")
 
-        await until(lambda: recorder.outage.failures >= 4, timeout=10)
+        await until(lambda: recorder.outage.failures >= 4)
         self.assertEqual(recorder.written, 0)
         self.assertEqual(len(warnings), 1, warnings)
         self.assertIn("project state (DKV project-status) is not recorded", warnings[0])
@@ -164,7 +164,7 @@ class NoPersistTests(PersistCase):
             output = self.manager.active[self.project].proto.output()
             return [line for line in output if "exec log (persist) is not recorded" in line]
 
-        await until(lambda: len(project_warnings()) >= 1, timeout=10)
+        await until(lambda: len(project_warnings()) >= 1)
         self.assertEqual(len(project_warnings()), 1, project_warnings())
         result = await owner.call(self.api, "exec", {"command": "echo", "args": ["still"]})
         self.assertEqual(result["stdout"], "still\n")

@@ -58,9 +58,13 @@ def main() -> None:
         sys.stdout.flush()
     elif how == "bogus-port":
         port = 1 if port != 1 else 2
+    elif how == "die-later":
+        # dies when the test says so (SIGUSR1), after the start is complete: held before the
+        # ready line, so a signal that comes early waits
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     ready(port)
     if how == "die-later":
-        time.sleep(0.5)
+        signal.sigwait({signal.SIGUSR1})
         print("exiting on my own", flush=True)
         sys.exit(7)
     forever()

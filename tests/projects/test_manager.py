@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from cocalc_hub.db.store import utcnow
 from cocalc_hub.projects import processes
-from cocalc_hub.projects.manager import ProjectError, ProjectManager
-from tests.projects.support import fake_program, make_manager, new_project, project_pids, zombies
+from cocalc_hub.projects.manager import ProjectManager
+from cocalc_hub.projects.program import ProjectError
+from tests.projects.support import ClockedReactor, fake_program, gone, make_manager, new_project, project_pids
+from tests.support import until
 
 
 async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -28,8 +29,13 @@ async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, b
     return r.code, await r.content()
 
 
-async def sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
+async def state_becomes(store: Any, pid: str, name: str) -> Any:
+    """Wait until the project's recorded state is ``name``; the project."""
+    async def reached() -> bool:
+        return bool((await store.get_project(pid)).state_name == name)
+
+    await until(reached, what=f"the project's state to become {name}")
+    return await store.get_project(pid)
 
 
 class RealProjectTests(unittest.TestCase):
@@ -119,10 +125,6 @@ class MisbehavingProjectTests(unittest.TestCase):
         pid = await new_project(store)
         return store, manager, pid
 
-    def assertClean(self, pid: str) -> None:
-        self.assertEqual(project_pids(pid), [], "leftover processes")
-        self.assertEqual(zombies(), [], "zombies")
-
     async def test_crash_at_once(self) -> None:
         store, manager, pid = await self.start_fake("crash")
         with self.assertRaises(ProjectError):
@@ -131,52 +133,58 @@ class MisbehavingProjectTests(unittest.TestCase):
         self.assertEqual(project.state_name, "error")
         self.assertIn("exited with exit code 3 before it was ready", project.state["error"])
         self.assertIn("boom: something went wrong", "\n".join(project.status["last_output"]))
-        await sleep(0.2)
-        self.assertClean(pid)
+        await gone(pid)
         # From the error state a start is allowed again (and fails the same way).
         with self.assertRaises(ProjectError):
             await manager.start(pid)
 
     async def test_hang_hits_the_deadline(self) -> None:
-        store, manager, pid = await self.start_fake("hang", start_timeout=1.5)
-        t0 = time.monotonic()
+        clock = ClockedReactor()
+        store, manager, pid = await self.start_fake("hang", start_timeout=1.5, clock=clock)
+        starting = defer.ensureDeferred(manager.start(pid))
+        await until(lambda: pid in manager.starting and "still thinking..." in manager.starting[pid].output(),
+                    what="the project to say it is still thinking")
+        clock.advance(1.4)
+        self.assertFalse(starting.called)
+        clock.advance(0.1)  # the deadline
         with self.assertRaises(ProjectError) as cm:
-            await manager.start(pid)
-        self.assertLess(time.monotonic() - t0, 5)
+            await starting
         self.assertEqual(cm.exception.status, 504)
         project = await store.get_project(pid)
         self.assertEqual(project.state_name, "error")
         self.assertIn("did not report ready within 1.5 seconds", project.state["error"])
         self.assertIn("still thinking...", project.status["last_output"])
-        await sleep(0.2)
-        self.assertClean(pid)
+        await gone(pid)
 
     async def test_ignores_sigterm(self) -> None:
-        store, manager, pid = await self.start_fake("ignore-term", stop_grace=0.5)
+        clock = ClockedReactor()
+        store, manager, pid = await self.start_fake("ignore-term", stop_grace=0.5, clock=clock)
         await manager.start(pid)
-        t0 = time.monotonic()
-        state = await manager.stop(pid)
+        main = manager.active[pid].pid
+        stopping = defer.ensureDeferred(manager.stop(pid))
+        # SIGTERM is sent and the stop waits out its grace on the clock; the project lives on
+        await until(lambda: bool(clock.clock.getDelayedCalls()), what="the stop to wait out its grace")
+        self.assertFalse(stopping.called)
+        self.assertTrue(processes.belongs_to(main, pid))
+        clock.advance(0.5)  # the grace is over: SIGKILL
+        state = await stopping
         self.assertEqual(state["state"], "opened")
-        self.assertLess(time.monotonic() - t0, 4)
-        self.assertClean(pid)
+        await gone(pid)
 
     async def test_children_that_outlive_it(self) -> None:
         store, manager, pid = await self.start_fake("fork")
         await manager.start(pid)
-        await sleep(0.3)
-        self.assertGreaterEqual(len(project_pids(pid)), 2)
+        await until(lambda: len(project_pids(pid)) >= 2, what="the escaped grandchild")
         await manager.stop(pid)
-        self.assertClean(pid)
+        await gone(pid)
         # A leftover from a previous run is killed before the next start.
         await manager.start(pid)
-        await sleep(0.3)
+        await until(lambda: len(project_pids(pid)) >= 2, what="the escaped grandchild")
         main = manager.active[pid].pid
         os.killpg(main, signal.SIGKILL)  # the project dies; its escaped grandchild lives on
-        await sleep(0.5)
-        project = await store.get_project(pid)
-        self.assertEqual(project.state_name, "error")
+        project = await state_becomes(store, pid, "error")
         self.assertIn("stopped unexpectedly", project.state["error"])
-        self.assertClean(pid)
+        await gone(pid)
 
     async def test_prints_megabytes(self) -> None:
         store, manager, pid = await self.start_fake("megabytes")
@@ -186,7 +194,7 @@ class MisbehavingProjectTests(unittest.TestCase):
         self.assertLessEqual(len(output), 100)
         self.assertLessEqual(sum(len(line) for line in output), 100 * 2000 + 2000)
         await manager.stop(pid)
-        self.assertClean(pid)
+        await gone(pid)
 
     async def test_bogus_port(self) -> None:
         store, manager, pid = await self.start_fake("bogus-port")
@@ -194,8 +202,7 @@ class MisbehavingProjectTests(unittest.TestCase):
             await manager.start(pid)
         project = await store.get_project(pid)
         self.assertIn("which it does not listen on", project.state["error"])
-        await sleep(0.2)
-        self.assertClean(pid)
+        await gone(pid)
 
     async def test_garbage_on_ready_pipe(self) -> None:
         store, manager, pid = await self.start_fake("garbage")
@@ -203,19 +210,17 @@ class MisbehavingProjectTests(unittest.TestCase):
             await manager.start(pid)
         project = await store.get_project(pid)
         self.assertIn("garbage", project.state["error"])
-        await sleep(0.2)
-        self.assertClean(pid)
+        await gone(pid)
 
     async def test_dies_on_its_own_is_noticed_at_once(self) -> None:
         store, manager, pid = await self.start_fake("die-later")
         await manager.start(pid)
-        await sleep(1.0)
-        project = await store.get_project(pid)
-        self.assertEqual(project.state_name, "error")
+        os.kill(manager.active[pid].pid, signal.SIGUSR1)  # now it exits, by itself, with code 7
+        project = await state_becomes(store, pid, "error")
         self.assertIn("stopped unexpectedly (exit code 7)", project.state["error"])
         self.assertIn("exiting on my own", project.status["last_output"])
         self.assertIsNone(manager.local_target(pid))
-        self.assertClean(pid)
+        await gone(pid)
 
 
 class RestartAndIdleTests(unittest.TestCase):
@@ -238,9 +243,8 @@ class RestartAndIdleTests(unittest.TestCase):
         self.assertEqual([p for p in project_pids(pid) if p == main], [main])
         # The adopted process is watched: its death is noticed.
         os.killpg(main, signal.SIGKILL)
-        await sleep(0.5)
-        self.assertNotIn(pid, second.active)
-        self.assertEqual((await store.get_project(pid)).state_name, "error")
+        await until(lambda: pid not in second.active, what="the adopted project's death to be noticed")
+        await state_becomes(store, pid, "error")
 
     async def test_restart_without_adoption_stops_leftovers(self) -> None:
         store, first = await make_manager(self)
@@ -250,8 +254,7 @@ class RestartAndIdleTests(unittest.TestCase):
         second = ProjectManager(store, first.config.__class__(**{**first.config.__dict__, "adopt": False}), reactor)
         await second.recover()
         self.assertEqual((await store.get_project(pid)).state_name, "opened")
-        await sleep(0.2)
-        self.assertEqual(project_pids(pid), [])
+        await gone(pid)
 
     async def test_dead_project_recorded_at_restart(self) -> None:
         store, manager = await make_manager(self)
@@ -286,12 +289,23 @@ class RestartAndIdleTests(unittest.TestCase):
         store, manager = await make_manager(self, touch_interval=30)
         pid = await new_project(store)
         before = (await store.get_project(pid)).last_edited
+        writes: list[str] = []
+        touch_project = store.touch_project
+
+        def recorded(project_id: str, *args: Any, **kw: Any) -> Any:
+            writes.append(project_id)
+            return touch_project(project_id, *args, **kw)
+
+        self.patch(store, "touch_project", recorded)
         manager.touch(pid)
-        await sleep(0.2)
+
+        async def written() -> bool:
+            return bool((await store.get_project(pid)).last_edited > before)
+
+        await until(written, what="the touch to be written")
         first = (await store.get_project(pid)).last_edited
-        self.assertGreater(first, before)
-        manager.touch(pid)
-        await sleep(0.2)
+        manager.touch(pid)  # within the interval: not even attempted (the decision is synchronous)
+        self.assertEqual(writes, [pid])
         self.assertEqual((await store.get_project(pid)).last_edited, first)
 
 

@@ -6,14 +6,16 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from cocalc_hub.projects.manager import ManagerConfig, ProjectError, ProjectManager
+from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
+from cocalc_hub.projects.program import ProjectError
 from tests.db.support import open_store
+from tests.support import until
 
 
 class FakeTransport:
@@ -75,15 +77,6 @@ class FakeTable:
         return 0
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the real reactor run (database threads) until ``condition`` holds."""
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.005, lambda: None)
-    raise AssertionError("condition never became true")
-
-
 class ManagerUnitTests(unittest.TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         self.store = await open_store(self, "sqlite")
@@ -131,9 +124,10 @@ class ManagerUnitTests(unittest.TestCase):
         proto, transport, _, _ = self.last()
         proto.childDataReceived(1, b"loading a very big library\n")
         self.fake.advance(29.9)
-        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(proto.ready.called)  # the deadline has not passed (it would fail this at once)
         self.assertFalse(d.called)
         self.fake.advance(0.2)
+        self.assertTrue(proto.ready.called)
         await until(lambda: d.called)
         with self.assertRaises(ProjectError):
             await d
@@ -149,7 +143,7 @@ class ManagerUnitTests(unittest.TestCase):
         await until(lambda: bool(self.fake.spawned))
         proto, _, _, _ = self.last()
         proto.childDataReceived(2, b"Traceback: ImportError\npartial line")
-        proto.processExited(Failure(ProcessTerminated(exitCode=1)))
+        proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
         await until(lambda: d.called)
         with self.assertRaises(ProjectError):
             await d
@@ -200,7 +194,7 @@ class ManagerUnitTests(unittest.TestCase):
 
         def exits(pgid: int, sig: int) -> None:
             if sig == signal.SIGTERM:
-                proto.processExited(Failure(ProcessDone(0)))
+                proto.processEnded(Failure(ProcessDone(0)))
 
         self.table.on_signal = exits
         result = await self.manager.stop(self.pid)
@@ -212,14 +206,14 @@ class ManagerUnitTests(unittest.TestCase):
         proto, _, _, _ = self.last()
         proto.childDataReceived(2, b"segfault in module x\n")
         self.table.killed_projects.clear()
-        proto.processExited(Failure(ProcessTerminated(exitCode=139)))
+        proto.processEnded(Failure(ProcessTerminated(exitCode=139)))
         await until(lambda: self.table.killed_projects == [self.pid])
+
+        async def recorded() -> bool:
+            return bool((await self.state()).state_name == "error")
+
+        await until(recorded, what="the error state")
         project = await self.state()
-        for _ in range(100):
-            project = await self.state()
-            if project.state_name == "error":
-                break
-            await task.deferLater(reactor, 0.01, lambda: None)
         self.assertIn("stopped unexpectedly (exit code 139)", project.state["error"])
         self.assertIn("segfault in module x", project.status["last_output"])
         self.assertIsNone(self.manager.local_target(self.pid))

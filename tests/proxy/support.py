@@ -10,12 +10,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
-from tests.support import free_tcp_port, make_admin, parse_response, raw_http, settings_for, start_hub
+from tests.support import (
+    drive_clocks,
+    free_tcp_port,
+    make_admin,
+    parse_response,
+    raw_http,
+    settings_for,
+    start_hub,
+    until,
+)
 from tests.web.api_client import ApiClient
 
 BACKEND = str(Path(__file__).resolve().parent / "backend_app.py")
@@ -33,6 +42,7 @@ class Harness:
         opts = {"project-stop-grace": "1"}
         opts.update(options or {})
         self.hub = start_hub(case, settings_for(case.mktemp(), opts, env))
+        self.clock = drive_clocks(case, self.hub)
         if self.scheme == "https":
             self.hub.base = self.hub.base.replace("http://", "https://")
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -85,14 +95,20 @@ class Harness:
         r = await client.post("exec", {"project_id": project_id, "command": sys.executable,
                                        "args": ["-u", BACKEND, str(port)], "async_call": True})
         assert r.code == 200, r
-        for _ in range(200):
+
+        def listening() -> bool:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return port
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
             except OSError:
-                await task.deferLater(reactor, 0.05, lambda: None)
-        job = await client.post("exec", {"project_id": project_id, "async_get": r.json["job_id"]})
-        raise AssertionError(f"backend did not start: {job.json}")
+                return False
+
+        try:
+            await until(listening, what=f"the backend to listen on port {port}")
+        except AssertionError:
+            job = await client.post("exec", {"project_id": project_id, "async_get": r.json["job_id"]})
+            raise AssertionError(f"backend did not start: {job.json}") from None
+        return port
 
     async def stop_projects(self) -> None:
         manager = self.hub.hub.projects.manager  # type: ignore[union-attr]

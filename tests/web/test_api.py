@@ -6,14 +6,14 @@ import base64
 import json
 from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.auth.passwords import legacy_hash
 from tests.db.support import fresh_postgres_url
-from tests.support import make_admin, parse_response, raw_get, raw_http, settings_for, start_hub
+from tests.support import drive_clocks, make_admin, parse_response, raw_get, raw_http, settings_for, start_hub
 from tests.web.api_client import ApiClient
 
 PASSWORD = "a-Good-passphrase"
@@ -30,6 +30,7 @@ class ApiSuite:
         if self.kind == "postgres":
             options["database"] = await fresh_postgres_url(case)
         self.hub = start_hub(case, settings_for(case.mktemp(), options, self.env()))
+        self.clock = drive_clocks(case, self.hub)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         case.addCleanup(self.pool.closeCachedConnections)
 
@@ -182,7 +183,7 @@ class FlowTests(ApiSuite):
         member_id = (await member.get("accounts/profile")).json["account_id"]
         r = await owner.post("projects/collaborators/remove", {"project_id": pa, "account_id": member_id})
         t.assertEqual(r.code, 200, r)
-        await task.deferLater(reactor, 1.1, lambda: None)
+        self.clock.advance(1.1)
         t.assertEqual((await c.post("projects/get", {"project_id": pa}, headers=bearer)).code, 401)
 
     async def test_project_operations_and_permissions(self) -> None:
@@ -316,7 +317,7 @@ class BadInputTests(ApiSuite):
         from cocalc_hub.auth.accounts import parse_expire  # noqa: F401
 
         await self.store.update_api_key(account_id, key["id"], expire=utcnow() + timedelta(milliseconds=300))
-        await task.deferLater(reactor, 1.2, lambda: None)
+        self.clock.advance(1.2)
         r = await forged.get("accounts/profile", cookies=False, headers={"Authorization": f"Bearer {key['secret']}"})
         t.assertEqual(r.code, 401)
         t.assertIsNone(await self.store.get_api_key(key["id"]))

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from tests.projects.support import project_pids
-from tests.support import settings_for, spawn, start_hub
+from tests.support import settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
 
@@ -99,11 +99,12 @@ class ProjectApiTests(unittest.TestCase):
         r = await self.exec(command="echo started; exec sleep 30", bash=True, async_call=True)
         self.assertEqual((r.code, r.json["type"], r.json["status"]), (200, "async", "running"), r)
         job = r.json["job_id"]
-        for _ in range(50):
-            r = await self.exec(async_get=job)
-            if r.json["stdout"]:
-                break
-            await task.deferLater(reactor, 0.1, lambda: None)
+
+        async def printed() -> bool:
+            return bool((await self.exec(async_get=job)).json["stdout"])
+
+        await until(printed, what="the job's first output")
+        r = await self.exec(async_get=job)
         self.assertEqual((r.json["status"], r.json["stdout"]), ("running", "started\n"))
         r = await self.exec(command="exit 5", bash=True, async_call=True)
         job2 = r.json["job_id"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -41,6 +42,7 @@ class SocketClient(ConatSocket):
         self.reconnection = reconnection
         self.connect_timeout = connect_timeout
         self._sub: Subscription | None = None
+        self._reconnecting: IDelayedCall | None = None
         self._listener = self._client_event
         client.listeners.append(self._listener)
 
@@ -87,9 +89,11 @@ class SocketClient(ConatSocket):
             if not self.reconnection:
                 self.close(f"conat client disconnected: {detail}", notify=False)
         elif what == "info" and self.state == "disconnected" and self.reconnection:
-            self.reactor.callLater(RECONNECT_DELAY, self._reconnect)
+            if self._reconnecting is None or not self._reconnecting.active():
+                self._reconnecting = self.reactor.callLater(RECONNECT_DELAY, self._reconnect)
 
     def _reconnect(self) -> None:
+        self._reconnecting = None
         if self.state != "disconnected":
             return
         self.state = "connecting"
@@ -100,6 +104,9 @@ class SocketClient(ConatSocket):
         if self.state == "closed":
             return
         super().close(reason, notify=notify)
+        if self._reconnecting is not None and self._reconnecting.active():
+            self._reconnecting.cancel()
+        self._reconnecting = None
         if self._listener in self.client.listeners:
             self.client.listeners.remove(self._listener)
         if self._sub is not None:

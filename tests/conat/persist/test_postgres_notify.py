@@ -4,12 +4,10 @@ changefeed listeners of the others by LISTEN/NOTIFY, in order, once, across reco
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from twisted.internet import reactor, task, threads
+from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial import unittest
@@ -19,23 +17,15 @@ from cocalc_hub.conat.persist.storage.base import Stream
 from cocalc_hub.conat.persist.storage.common import Session
 from cocalc_hub.conat.persist.storage.postgres import PgStream, PostgresBackend
 from tests.conat.persist.support import _admin, fake_clock, make_postgres, pg_schema, req
+from tests.support import WAIT, settle, until
 
 PATH = "projects/00000000-0000-4000-8000-000000000000/notify"
 Events = list[dict[str, Any]]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    waited = 0.0
-    while not predicate():
-        if waited > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await task.deferLater(reactor, 0.005, lambda: None)
-        waited += 0.005
-
-
-async def settle(seconds: float = 0.2) -> None:
-    """Give stray (duplicate) events time to show up."""
-    await task.deferLater(reactor, seconds, lambda: None)
+async def no_strays(seconds: float = 0.2) -> None:
+    """A bounded negative check: stray (duplicate) events get this long to show up."""
+    await settle(seconds)
 
 
 def without_msg_id(events: Events) -> Events:
@@ -107,7 +97,7 @@ class NotifyTests(unittest.TestCase):
         events: Events = []
         stream.add_listener(events.extend)
         assert isinstance(stream, PgStream)
-        await wait_until(lambda: backend.listener_pid is not None and stream.cursor is not None, what="listening")
+        await until(lambda: backend.listener_pid is not None and stream.cursor is not None, what="listening")
         return stream, events
 
     async def test_other_instance_gets_every_change_in_order(self) -> None:
@@ -126,8 +116,8 @@ class NotifyTests(unittest.TestCase):
         expected = without_msg_id(ea)
         self.assertEqual(set_seqs(ea), [1, 2, 3, 4, 5, 6, 7])
         self.assertIn({"op": "delete", "seqs": [5]}, ea)  # the expired one
-        await wait_until(lambda: eb[-1:] == expected[-1:], what="B's events")
-        await settle()
+        await until(lambda: eb[-1:] == expected[-1:], what="B's events")
+        await no_strays()
         self.assertHistories(expected, eb)
         self.assertEqual(without_msg_id(ea), expected)  # A got its own events once
 
@@ -139,8 +129,8 @@ class NotifyTests(unittest.TestCase):
             await s.set(req(b"%d" % i, key=f"k{i % 4}"))
             if i % 5 == 4:
                 await s.delete(seq=i - 1)
-        await wait_until(lambda: ea[-1:] == eb[-1:] and set_seqs(ea)[-1:] == [20], what="both histories")
-        await settle()
+        await until(lambda: ea[-1:] == eb[-1:] and set_seqs(ea)[-1:] == [20], what="both histories")
+        await no_strays()
         self.assertHistories(ea, eb)
         stored = {m.seq: m.raw for batch in [x async for x in sa.get_all()] for m in batch}
         self.assertEqual(view(ea), stored)
@@ -156,57 +146,87 @@ class NotifyTests(unittest.TestCase):
                 await s.set(req(tag + b"%d" % j))
 
         await gatherResults([ensureDeferred(write(sa, b"a")), ensureDeferred(write(sc, b"c"))])
-        await wait_until(lambda: len(eb) >= 1040 and len(ea) >= 1040 and len(ec) >= 1040, what="1040 events")
-        await settle()
+        await until(lambda: len(eb) >= 1040 and len(ea) >= 1040 and len(ec) >= 1040, what="1040 events")
+        await no_strays()
         for events in (ea, eb, ec):
             self.assertEqual(set_seqs(events), list(range(1, 1041)))
         self.assertHistories(ea, eb, ec)
 
-    def slow_first_catch_up(self, stream: Stream, seconds: float) -> tuple[threading.Event, threading.Event]:
-        """Make the stream's next catch-up sleep after reading; (reading, done) events."""
+    def held_first_catch_up(self, stream: Stream) -> tuple[threading.Event, threading.Event]:
+        """Hold the stream's next catch-up, in its worker thread, after it has read, until the
+        test sets ``release``; (reading, release)."""
         assert isinstance(stream, PgStream)
-        reading, done = threading.Event(), threading.Event()
+        reading, release = threading.Event(), threading.Event()
         catch_up = stream._catch_up
 
-        def slow(s: Session) -> Any:
+        def held(s: Session) -> Any:
             result = catch_up(s)
             if not reading.is_set():
                 reading.set()
-                time.sleep(seconds)
-                done.set()
+                release.wait(WAIT)  # bounded: a failing test must not block the thread for ever
             return result
 
-        self.patch(stream, "_catch_up", slow)
-        return reading, done
+        self.patch(stream, "_catch_up", held)
+        self.addCleanup(release.set)  # before the backends close (cleanups run last added first)
+        return reading, release
+
+    def held_reconnection(self, backend: PostgresBackend) -> threading.Event:
+        """The backend's listener connects again only once the test sets the returned event."""
+        allowed = threading.Event()
+        connect = backend.listen_connection
+
+        def held() -> psycopg.Connection[Any]:
+            allowed.wait(WAIT)
+            return connect()
+
+        self.patch(backend, "listen_connection", held)
+        self.addCleanup(allowed.set)
+        return allowed
+
+    def heard(self, backend: PostgresBackend) -> list[int]:
+        """The last_seq of every notification the backend's listener hands over, as they come."""
+        seqs: list[int] = []
+        notified = backend.notified
+
+        def record(payloads: list[str]) -> None:
+            seqs.extend(int(p.split(" ")[1]) for p in payloads)
+            notified(payloads)
+
+        self.patch(backend, "notified", record)
+        return seqs
 
     async def test_commit_during_a_catch_up_is_not_lost(self) -> None:
         a, b = await self.backends(2)
         (sa, ea), (sb, eb) = await self.open(a), await self.open(b)
-        reading, done = self.slow_first_catch_up(sb, 0.3)
+        reading, release = self.held_first_catch_up(sb)
+        heard = self.heard(b)
         await sa.set(req(b"1"))
-        await wait_until(reading.is_set, what="B's catch-up")
-        await sa.set(req(b"2"))  # its notification comes while the catch-up that read seq 1 runs
-        self.assertFalse(done.is_set())
-        await wait_until(lambda: set_seqs(eb) == [1, 2], what="both events")
+        await until(reading.is_set, what="B's catch-up")
+        await sa.set(req(b"2"))
+        await until(lambda: 2 in heard, what="B to hear of seq 2")  # while the catch-up that read seq 1 runs
+        release.set()
+        await until(lambda: set_seqs(eb) == [1, 2], what="both events")
         self.assertHistories(ea, eb)
 
     async def test_reconnection_during_a_catch_up_is_not_lost(self) -> None:
         a, b = await self.backends(2)
         (sa, ea), (sb, eb) = await self.open(a), await self.open(b)
-        reading, done = self.slow_first_catch_up(sb, 1.0)
+        reading, release = self.held_first_catch_up(sb)
+        allowed = self.held_reconnection(b)
         await sa.set(req(b"1"))
-        await wait_until(reading.is_set, what="B's catch-up")
+        await until(reading.is_set, what="B's catch-up")
         pid = b.listener_pid
         await threads.deferToThread(_admin, f"SELECT pg_terminate_backend({pid})")
-        await wait_until(lambda: b.listener_pid is None, what="the listener to notice")
+        await until(lambda: b.listener_pid is None, what="the listener to notice")
         await sa.set(req(b"2"))  # nobody hears this one; the reconnection must catch up
-        await wait_until(lambda: b.listener_pid not in (None, pid), what="the listener to reconnect")
-        self.assertFalse(done.is_set(), "the catch-up ended too early for this test to mean anything")
-        await wait_until(lambda: set_seqs(eb) == [1, 2], what="both events")
+        allowed.set()
+        await until(lambda: b.listener_pid not in (None, pid), what="the listener to reconnect")
+        release.set()  # the catch-up that read seq 1 ends only now, after the reconnection
+        await until(lambda: set_seqs(eb) == [1, 2], what="both events")
         self.assertHistories(ea, eb)
 
     async def test_listener_reconnects_and_catches_up(self) -> None:
-        a, b = await self.backends(2, listen_retry=2.0)
+        a, b = await self.backends(2)
         (sa, ea), (_, eb) = await self.open(a), await self.open(b)
         lines: list[str] = []
 
@@ -218,43 +238,46 @@ class NotifyTests(unittest.TestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         await sa.set(req(b"before"))
-        await wait_until(lambda: len(eb) == 1, what="first event")
+        await until(lambda: len(eb) == 1, what="first event")
+        allowed = self.held_reconnection(b)
         pid = b.listener_pid
         await threads.deferToThread(_admin, f"SELECT pg_terminate_backend({pid})")
-        await wait_until(lambda: b.listener_pid is None, what="the listener to notice")
+        await until(lambda: b.listener_pid is None, what="the listener to notice")
         await sa.set(req(b"during 1"))
         await sa.set_many([req(b"during 2"), req(b"during 3")])
         await sa.delete(seq=1)
-        await settle(0.1)
-        self.assertIsNone(b.listener_pid, "reconnected too early for this test to mean anything")
-        self.assertEqual(len(eb), 1)  # nothing can arrive without the listener
-        await wait_until(lambda: eb[-1:] == ea[-1:], what="the catch-up after reconnecting")
+        await settle(0.1)  # a bounded negative check: nothing can arrive without the listener
+        self.assertEqual(len(eb), 1)
+        allowed.set()
+        await until(lambda: eb[-1:] == ea[-1:], what="the catch-up after reconnecting")
         self.assertNotIn(b.listener_pid, (None, pid))
-        await settle()
+        await no_strays()
         self.assertHistories(ea, eb)
         self.assertEqual(len([x for x in lines if x.startswith("persist: lost")]), 1)
         self.assertEqual(len([x for x in lines if "back after" in x]), 1)
         # a second outage is a new one: its own warning and its own "back" line
         pid = b.listener_pid
         await threads.deferToThread(_admin, f"SELECT pg_terminate_backend({pid})")
-        await wait_until(lambda: b.listener_pid is None, what="the listener to notice again")
+        await until(lambda: b.listener_pid is None, what="the listener to notice again")
         await sa.set(req(b"during the second outage"))
-        await wait_until(lambda: eb[-1:] == ea[-1:], what="the second catch-up")
+        await until(lambda: eb[-1:] == ea[-1:], what="the second catch-up")
+        await until(lambda: len([x for x in lines if "back after" in x]) == 2, what="the second back line")
         self.assertEqual(len([x for x in lines if x.startswith("persist: lost")]), 2)
-        self.assertEqual(len([x for x in lines if "back after" in x]), 2)
 
     async def test_deletes_pruned_from_the_log_still_reach_listeners(self) -> None:
-        a, b = await self.backends(2, listen_retry=3.0, delete_log_seconds=1.0)
+        a, b = await self.backends(2, delete_log_seconds=1.0)
         (sa, ea), (_, eb) = await self.open(a), await self.open(b)
         await sa.set_many([req(b"%d" % i) for i in range(70)])
-        await wait_until(lambda: len(eb) == 70, what="70 events")
+        await until(lambda: len(eb) == 70, what="70 events")
+        allowed = self.held_reconnection(b)
         await threads.deferToThread(_admin, f"SELECT pg_terminate_backend({b.listener_pid})")
-        await wait_until(lambda: b.listener_pid is None, what="the listener to notice")
+        await until(lambda: b.listener_pid is None, what="the listener to notice")
         await sa.delete(seq=1)
         self.clock.advance(2)  # the first delete is now older than the log keeps
         for seq in range(2, 66):  # crossing delete id 64 prunes the log
             await sa.delete(seq=seq)
-        await wait_until(lambda: view(eb) == view(ea), what="B's view to match A's")
+        allowed.set()
+        await until(lambda: view(eb) == view(ea), what="B's view to match A's")
         self.assertEqual(sorted(view(eb)), [66, 67, 68, 69, 70])
         self.assertEqual(set_seqs(eb), list(range(1, 71)))
         self.assertEqual(eb[70:], [{"op": "delete", "seqs": list(range(1, 66))}])  # one diff, not 65 deletes
@@ -264,11 +287,11 @@ class NotifyTests(unittest.TestCase):
         (sa, _), (sb, _) = await self.open(a), await self.open(b)
         await sa.set(req())
         assert isinstance(sb, PgStream)
-        await wait_until(lambda: sb.cursor == (1, 0), what="B to catch up")
+        await until(lambda: sb.cursor == (1, 0), what="B to catch up")
         # make B's catch-up fail, so it waits on a retry timer when the backends close
         await threads.deferToThread(_admin, f'ALTER TABLE "{b.schema}".persist_streams RENAME TO gone')
         b.notified([f"{sb.key} 2 0"])
-        await wait_until(lambda: sb._retry is not None, what="a retry timer")
+        await until(lambda: sb._retry is not None, what="a retry timer")
         await a.close()
         await b.close()
         names = [t.name for t in threading.enumerate() if t.is_alive()]
@@ -286,5 +309,7 @@ class NotifyTests(unittest.TestCase):
         (sa, ea), (_, eb) = await self.open(a), await self.open(b)
         await sa.set(req(b"1"))
         await sa.delete(seq=1)
-        await wait_until(lambda: len(eb) == 2, what="B's events")
+        # B may read the set before the delete (two events) or only after it (the delete alone):
+        # wait for the delete, which needs the new column, and check the histories agree
+        await until(lambda: eb[-1:] == ea[-1:] == [{"op": "delete", "seqs": [1]}], what="B's delete")
         self.assertHistories(ea, eb)
