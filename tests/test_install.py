@@ -27,7 +27,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub import __version__
 from cocalc_hub.projects import processes
-from tests.support import CI, REPO, ProcessOutput, sleep, spawn
+from tests.support import CI, REPO, ProcessOutput, spawn, until
 from tests.web.api_client import ApiClient
 
 NAME = f"cocalc_hub-{__version__}"
@@ -202,16 +202,15 @@ class InstallTests(unittest.TestCase):
         self.assertEqual(processes.project_processes(project_id), [], "--stop-projects-on-exit left the project")
 
     async def wait_running(self, client: ApiClient, project_id: str, deadline: float = 60) -> None:
-        """Poll projects/state until it says running: a real external process, so no clock to drive."""
+        """Ask projects/state until it says running (a real external process, no clock to drive)."""
         states: list[str] = []
-        give_up = reactor.seconds() + deadline
-        while reactor.seconds() < give_up:
+
+        async def running() -> bool:
             r = await client.get(f"projects/state?project_id={project_id}")
             states.append(r.json.get("state") if r.code == 200 else f"{r.code} {r.body!r}")
-            if states[-1] == "running":
-                return
-            await sleep(0.1)
-        self.fail(f"project not running after {deadline} s; states seen: {states[-5:]}")
+            return states[-1] == "running"
+
+        await until(running, timeout=deadline, interval=0.1, what="the project running")
 
     def assertStopped(self, hub: ProcessOutput) -> None:
         """twistd stops gracefully, then re-raises SIGTERM: status 143 (or 0), no traceback."""

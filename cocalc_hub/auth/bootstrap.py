@@ -21,6 +21,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cocalc_hub.auth.accounts import Accounts, AuthError, SignIn, clean_name, normalize_email
 from cocalc_hub.auth.caller import Caller
@@ -126,8 +127,24 @@ class AdminSetupService(service.Service):
         self.announced = Deferred.fromCoroutine(self._announce())
         self.announced.addErrback(lambda f: log.failure("could not make a first-admin setup link", f))
 
+    def stopService(self) -> Deferred[None]:
+        """Stopped before the store: a start-up check still in flight (a SIGTERM right after
+        start) finishes on an open database."""
+        service.Service.stopService(self)
+        done: Deferred[None] = Deferred()
+        if self.announced is None or self.announced.called:
+            done.callback(None)
+        else:
+
+            def finished(result: str | Failure | None) -> str | Failure | None:
+                done.callback(None)
+                return result
+
+            self.announced.addBoth(finished)
+        return done
+
     async def _announce(self) -> str | None:
-        if not await self.setup.needed():
+        if not await self.setup.needed() or not self.running:
             return None
         token = await self.setup.new_token()
         minutes = int(SETUP_TTL.total_seconds() // 60)

@@ -227,3 +227,18 @@ class AdminCliBootstrapTests(unittest.TestCase):
         self.assertFalse(await second.hub.admin_setup.needed())
         await second.hub.stopService()
         self.assertEqual([line for line in logs.lines if "No administrator exists yet" in line], [])
+
+
+class SetupStopTests(unittest.TestCase):
+    async def test_stopped_right_after_start_the_check_finishes_on_an_open_store(self) -> None:
+        """SIGTERM just after start: the setup check in flight must not hit a closed database
+        (trial fails this test on any logged error)."""
+        from cocalc_hub.tap import build_service
+        from tests.support import FAST_ARGON2
+
+        logs = LogCapture(self)
+        for _ in range(3):
+            hub = build_service(settings_for(self.mktemp()), reactor, password_cost=FAST_ARGON2)
+            hub.startService()
+            await hub.stopService()
+        self.assertEqual([line for line in logs.lines if "could not make a first-admin setup link" in line], [])
