@@ -16,6 +16,7 @@ open ones keep theirs. A file that cannot be loaded keeps the old certificate an
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,7 @@ def parse_ssl(description: str) -> SslEndpoint | None:
     fields = _raw_fields(description)
     if fields[0] != "ssl":
         return None
-    if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) > 65535:
+    if len(fields) < 2 or not re.fullmatch(r"[0-9]{1,5}", fields[1]) or int(fields[1]) > 65535:
         raise TlsConfigError(f"{description!r}: ssl: needs a port number first (ssl:PORT:privateKey=…)")
     values: dict[str, str] = {}
     positional = iter(_SSL_PARAMETERS)
@@ -122,7 +123,7 @@ def parse_ssl(description: str) -> SslEndpoint | None:
                                  f"(known: {', '.join(_SSL_PARAMETERS)})")
         values[key] = value
     backlog = values.get("backlog", "50")
-    if not backlog.isdigit():
+    if not re.fullmatch(r"[0-9]{1,6}", backlog):
         raise TlsConfigError(f"{description!r}: backlog {backlog!r} is not a number")
     key_file = values.get("privateKey", "server.pem")
     files = TlsFiles(private_key=key_file, cert_key=values.get("certKey", key_file),

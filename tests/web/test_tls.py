@@ -275,8 +275,9 @@ class ParseSslTests(unittest.TestCase):
 
     def test_bad_descriptions(self) -> None:
         for bad, fragment in (("ssl:", "port number"), ("ssl:x", "port number"), ("ssl:99999", "port number"),
+                              ("ssl:4²", "port number"),
                               ("ssl:443:colour=red", "unknown ssl: parameter 'colour'"),
-                              ("ssl:443:backlog=many", "backlog"),
+                              ("ssl:443:backlog=many", "backlog"), ("ssl:443:backlog=²", "backlog"),
                               ("ssl:443:a:b:c:d:5:f:g:h", "too many positional")):
             with self.assertRaises(TlsConfigError) as caught:
                 parse_ssl(bad)
