@@ -2,7 +2,7 @@
 
 Web assets and page templates (``cocalc_hub/web/assets/``) and the schema files
 (``cocalc_hub/db/schema/<backend>/NNN-*.sql``) are package data: MANIFEST.in grafts them into the
-sdist and ``include_package_data`` (setup.cfg) puts them into the wheel. Nothing here assumes a
+sdist and setup.cfg's ``[options.package_data]`` globs put them into the wheel. Nothing here assumes a
 checkout: every path starts from ``importlib.resources.files()``.
 
 The static file server stats, ranges and caches files, so it needs a real directory. Every normal
