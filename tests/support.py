@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -229,6 +231,15 @@ def free_tcp_port() -> int:
     port: int = s.getsockname()[1]
     s.close()
     return port
+
+
+def socket_dir(case: unittest.TestCase) -> Path:
+    """A fresh directory for unix sockets, removed after the test. It lives under /tmp, not
+    the test's own temp dir: an absolute path inside a deep checkout (CI builds in one) can
+    pass the 107 bytes AF_UNIX allows."""
+    path = Path(tempfile.mkdtemp(prefix="cchub-"))
+    case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:

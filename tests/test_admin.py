@@ -127,9 +127,10 @@ class RemoteHubTests(unittest.TestCase):
 
         tmp = Path(self.mktemp()).resolve()
         tmp.mkdir()
-        sock = tmp / "hub.sock"
         from cocalc_hub.tap import build_service
-        from tests.support import FAST_ARGON2
+        from tests.support import FAST_ARGON2, socket_dir
+
+        sock = socket_dir(self) / "hub.sock"
 
         hub = build_service(settings_for(tmp, {"port": f"unix:{sock}"}), reactor, password_cost=FAST_ARGON2)
         hub.startService()
@@ -143,7 +144,7 @@ class RemoteHubTests(unittest.TestCase):
             self.assertEqual(await proc.ended, 0, proc.output)
             self.assertEqual(json.loads(proc.output)["state"], "opened")
         for bad, fragment in (("ftp://example.com", b"--hub: 'ftp://example.com' is not http[s]://"),
-                              (f"unix:{tmp / 'nothing.sock'}", b"cannot reach the hub at unix:")):
+                              (f"unix:{sock.parent / 'nothing.sock'}", b"cannot reach the hub at unix:")):
             proc, _ = spawn(self, [*cli, "--hub", bad, "state", project.project_id])
             self.assertEqual(await proc.ended, 1, proc.output)
             self.assertIn(fragment, proc.output)

@@ -29,6 +29,7 @@ from tests.support import (
     raw_http,
     raw_stream,
     settings_for,
+    socket_dir,
     start_hub,
 )
 
@@ -180,10 +181,26 @@ class EndpointTests(unittest.TestCase):
     async def test_unix_endpoint(self) -> None:
         tmp = Path(self.mktemp())
         tmp.mkdir()
-        sock = tmp / "hub.sock"
+        sock = socket_dir(self) / "hub.sock"
         hub = tap.build_service(settings_for(tmp, {"port": f"unix:{sock}"}), reactor)
         hub.startService()
         self.addCleanup(hub.stopService)
         raw = await raw_stream(UNIXClientEndpoint(reactor, str(sock)), raw_get("/alive"))
         status, _, body = parse_response(raw)
         self.assertEqual((status, body), (200, b"alive\n"))
+
+    def test_unix_path_too_long_is_one_line_and_leaves_nothing_running(self) -> None:
+        # Twisted starts the factory before bind() fails; the hub must undo that (trial
+        # would otherwise report the front door's sweeper as a dirty reactor).
+        tmp = Path(self.mktemp()).resolve()
+        sock = tmp / ("d" * 60) / ("s" * 60 + ".sock")
+        sock.parent.mkdir(parents=True)
+        hub = tap.build_service(settings_for(tmp, {"port": f"unix:{sock}"}), reactor)
+        with self.assertRaises(SystemExit) as raised:
+            hub.startService()
+        message = str(raised.exception.code)
+        self.assertTrue(message.startswith("cocalc-hub: --port: cannot listen on unix:"), message)
+        self.assertIn("path too long", message)
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertEqual(hub.web.factory.numPorts if hub.web else -1, 0)
+        self.assertFalse(hub.running)

@@ -288,6 +288,11 @@ class WebService(service.Service):
             return
         result = results[0]
         if isinstance(result, Failure):
+            # Twisted's unix Port starts the factory before bind() and does not stop it when
+            # bind fails (e.g. a path past the 107-byte AF_UNIX limit): undo that start, or
+            # the front door's sweeper runs on in a process that is about to exit.
+            if self.factory.numPorts:
+                self.factory.doStop()
             raise ListenError(f"cannot listen on {self.description}: {result.getErrorMessage()}")
         self._listening(result)
 
