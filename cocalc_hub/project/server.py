@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 from twisted.internet import endpoints, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
@@ -86,7 +87,9 @@ def run(env: Mapping[str, str]) -> int:
 
     from twisted.internet import reactor
 
-    started = time.time()
+    # When the process started (the hub's spawn), not when this line ran: importing Twisted
+    # on a busy machine can take seconds, and project-info's `started` should not drift by them.
+    started = process_started()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     jobs = Jobs(reactor, home, child_environment(env, home))
     root = ProjectRoot(home=home, project_id=project_id, base_path=env.get("BASE_PATH", "/"), token=token,
@@ -169,3 +172,11 @@ def reap_orphans(reactor: Any) -> None:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+def process_started() -> float:
+    """This process's start time (seconds since the epoch), or now if the OS will not say."""
+    try:
+        return float(psutil.Process().create_time())
+    except (psutil.Error, OSError):
+        return time.time()
