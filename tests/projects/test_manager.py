@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from cocalc_hub.auth import project_tokens
 from cocalc_hub.db.store import utcnow
 from cocalc_hub.projects import processes
 from cocalc_hub.projects.manager import ProjectManager
@@ -52,7 +53,7 @@ class RealProjectTests(unittest.TestCase):
         assert target is not None
         port, token = target
         project = await store.get_project(pid)
-        self.assertEqual(project.secret_token, token)
+        self.assertTrue(project_tokens.verify(project.secret_token, token))  # kept as a hash
         self.assertEqual(project.status["browser-server.port"], port)
         url = f"http://127.0.0.1:{port}/{pid}/raw/hello.txt"
         code, body = await fetch(url, {"X-CoCalc-Project-Token": token})
