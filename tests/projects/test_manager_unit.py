@@ -132,6 +132,8 @@ class ManagerUnitTests(unittest.TestCase):
     async def test_start_deadline(self) -> None:
         d = defer.ensureDeferred(self.manager.start(self.pid))
         await until(lambda: bool(self.fake.spawned))
+        # The deadline is set once the pid is recorded (a store write in a thread): wait for it.
+        await until(lambda: bool(self.fake.getDelayedCalls()), what="the start deadline to be set")
         proto, transport, _, _ = self.last()
         proto.childDataReceived(1, b"loading a very big library\n")
         self.fake.advance(29.9)

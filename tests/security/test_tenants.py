@@ -73,6 +73,19 @@ class TokenFileTests(TenantCase):
             self.assertNotIn("secret-token", r.body.decode("utf-8", "replace"), path)
         r = await self.attacker.request("GET", f"/{self.m1}/raw/.smc/secret-token")
         self.assertEqual(r.code, 404, r)
+        # Nor through a command the collaborator runs in M1 (as M1's own uid): no token file, and
+        # the project program's environment and memory are closed to its own uid.
+        program = self.manager.active[self.m1].pid
+        script = (f"cat ~/.smc/secret-token 2>/dev/null\n"
+                  f"for d in /proc/[0-9]*; do cat $d/environ $d/cmdline 2>/dev/null | tr '\\0' '\\n'; done\n"
+                  f"head -c 1 /proc/{program}/mem >/dev/null 2>&1 && echo MEM\n"
+                  f"ls /proc/{program}/fd >/dev/null 2>&1 && echo FD\n")
+        r = await self.attacker.post("exec", {"project_id": self.m1, "command": script, "bash": True,
+                                              "err_on_exit": False, "max_output": 16 * 1024 * 1024})
+        self.assertEqual(r.code, 200, r)
+        self.assertFalse(token in r.json["stdout"], "a member's command found the project's token")
+        self.assertNotIn("MEM", r.json["stdout"].split())
+        self.assertNotIn("FD", r.json["stdout"].split())
 
 
 class IdentityTests(TenantCase):
