@@ -499,7 +499,10 @@ class ProjectManager(service.Service):
                 log.info("adopted project {project_id} (pid {pid})", project_id=project_id, pid=pid)
                 continue
             await self.stop(project_id)
-            log.info("stopped project {project_id} left over from a previous hub", project_id=project_id)
+            why = " (its token cannot be derived: made by an older version, or with another project-token-key)" \
+                if self.config.adopt and alive and project.secret_token and token is None else ""
+            log.info("stopped project {project_id} left over from a previous hub{why}", project_id=project_id,
+                     why=why)
 
     def _adopt(self, project_id: str, pid: int, port: int, token: str) -> None:
         running = Running(pid=pid, http_port=port, token=token, started=time.time())
