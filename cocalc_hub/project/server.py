@@ -39,7 +39,7 @@ class ProjectSite(Site):
         pass
 
 
-def child_environment(env: Mapping[str, str], home: Path) -> dict[str, str]:
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     """What commands run with: the project's environment minus what only the program needs."""
     return {k: v for k, v in env.items() if k not in PROGRAM_ONLY}
 
@@ -114,7 +114,7 @@ def run(env: Mapping[str, str]) -> int:
 
     started = time.time()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    jobs = Jobs(reactor, home, child_environment(env, home))
+    jobs = Jobs(reactor, home, child_environment(env))
     root = ProjectRoot(home=home, project_id=project_id, base_path=env.get("BASE_PATH", "/"), token=token,
                        jobs=jobs)
     site = ProjectSite(root)

@@ -235,8 +235,10 @@ class ProjectManager(service.Service):
         # The token travels on a pipe (never argv or the environment, which ps and /proc show).
         reader, writer = os.pipe()
         try:
-            os.write(writer, token.encode() + b"\n")
-            os.close(writer)
+            try:
+                os.write(writer, token.encode() + b"\n")  # 44 bytes: never blocks
+            finally:
+                os.close(writer)
             argv = list(self.config.program)
             self.reactor.spawnProcess(proto, argv[0], argv, env=env, path=str(home),
                                       childFDs={0: "w", 1: "r", 2: "r", READY_FD: "r", TOKEN_FD: reader})
