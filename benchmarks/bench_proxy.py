@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -153,7 +154,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     hub_port, backend_port, nginx_proxy_port, ws_port = free_port(), free_port(), free_port(), free_port()
     hub = subprocess.Popen([TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--data", str(tmp / "data"),
-                            "--port", f"tcp:{hub_port}:interface=127.0.0.1", "--log-level", "warn"],
+                            "--port", f"tcp:{hub_port}:interface=127.0.0.1", "--log-level", "warn",
+                            # a benchmark run as root (CI) means its single-user projects to run as root
+                            *(["--allow-root-projects"] if os.geteuid() == 0 else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ref = None
     try:

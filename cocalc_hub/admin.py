@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -297,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cocalc_hub.auth.service import build_auth
     from cocalc_hub.db import prepare_store
 
+    os.umask(0o077)  # like the hub: what it creates in the data directory is private
     try:
         settings = from_options({"data": args.data, "database": args.database, "database-wait": "0"})
         store = prepare_store(settings, reactor)

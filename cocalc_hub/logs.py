@@ -8,6 +8,7 @@ values, ``sk-`` API keys, ``sha512$`` hashes, Authorization/Cookie values).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -102,7 +103,9 @@ def log_stream(twistd_options: Mapping[str, Any] | None) -> IO[Any]:
     nodaemon = bool(twistd_options.get("nodaemon"))
     if name == "-" or (nodaemon and not name):
         return sys.stdout
-    return cast(IO[Any], logfile.LogFile.fromFullPath(name or "twistd.log"))
+    stream = logfile.LogFile.fromFullPath(name or "twistd.log", defaultMode=0o600)
+    os.chmod(stream.path, 0o600)  # the hub's logs are its user's alone (also a file from before)
+    return cast(IO[Any], stream)
 
 
 _LEGACY_KEYS = frozenset({"message", "time", "system", "format", "isError", "why", "failure"})

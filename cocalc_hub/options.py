@@ -68,6 +68,8 @@ class Options(usage.Options):
         ["stop-projects-on-exit", None, "Stop running projects when the hub stops (default: they keep running "
                                         "and the next hub adopts them)."],
         ["no-adopt-projects", None, "At start, stop projects left running by a previous hub instead of adopting."],
+        ["allow-root-projects", None, "Single-user mode with the hub running as root: run projects as root "
+                                      "(refused without this flag)."],
         ["version", None, "Print the version and exit."],
     ]
 

@@ -73,6 +73,8 @@ class Settings:
     project_limits: Mapping[str, int] = field(default_factory=dict)
     stop_projects_on_exit: bool = False
     adopt_projects: bool = True
+    allow_root_projects: bool = False
+    """Single-user mode as root: start projects anyway (they run as root)."""
     proxy_timeout: float = 120.0
     """Seconds a proxied backend may stay silent before 504 (or the stream is cut)."""
     conat_server: str | None = None
@@ -374,7 +376,7 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
     data_dir = Path(data_raw) if data_raw else default_data_dir(env)
     if not data_raw:
         data_setting = "data directory"
-    data_dir = _writable_dir(data_dir.expanduser(), data_setting)
+    data_dir = _writable_dir(data_dir.expanduser(), data_setting, mode=0o700)
 
     secrets_raw = env.get("SECRETS")
     secrets_dir = _writable_dir(Path(secrets_raw) if secrets_raw else data_dir / "secrets", "SECRETS", mode=0o700)
@@ -449,7 +451,7 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
     sync_raw = env.get("COCALC_SYNC")
     sync_dir = Path(sync_raw).expanduser() if sync_raw else data_dir / "sync"
     if "conat-persist" in parts and persist_storage == "sqlite":
-        sync_dir = _writable_dir(sync_dir, "COCALC_SYNC")
+        sync_dir = _writable_dir(sync_dir, "COCALC_SYNC", mode=0o700)
     count_raw = options.get("persist-count") or env.get("CONAT_PERSIST_COUNT")
     count_setting = "--persist-count" if options.get("persist-count") else "CONAT_PERSIST_COUNT"
     if count_raw is not None and not (re.fullmatch(r"[0-9]{1,4}", str(count_raw)) and 1 <= int(count_raw) <= 1000):
@@ -493,6 +495,8 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         project_limits=project_limits,
         stop_projects_on_exit=_flag(options, "stop-projects-on-exit"),
         adopt_projects=not _flag(options, "no-adopt-projects"),
+        allow_root_projects=_flag(options, "allow-root-projects")
+        or env.get("COCALC_ALLOW_ROOT_PROJECTS", "").lower() in ("1", "true", "yes"),
         proxy_timeout=_seconds(options, "proxy-timeout", 120.0, 0, 86400),
         conat_server=conat_server,
         conat_max_connections=_count(options, "conat-max-connections", 10000, 1, 10 ** 6),

@@ -7,6 +7,7 @@ flags select.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +17,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
 
-from cocalc_hub import __version__, logs
+from cocalc_hub import __version__, logs, private_files
+from cocalc_hub.auth import project_tokens
 from cocalc_hub.auth.bootstrap import SETUP_PATH, AdminSetup, AdminSetupService
+from cocalc_hub.auth.secrets import read_or_create
 from cocalc_hub.auth.service import AuthParts, AuthService, build_auth
 from cocalc_hub.broker_link import BrokerLink
 from cocalc_hub.conat.broker import BrokerConfig
@@ -27,7 +30,7 @@ from cocalc_hub.conat.server import ConatServer, ConatService
 from cocalc_hub.db import StoreService, prepare_store
 from cocalc_hub.options import Options  # noqa: F401  (twistd's ServiceMaker reads tap.Options)
 from cocalc_hub.projects.client import ProjectClient, ProjectClientService
-from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
+from cocalc_hub.projects.manager import ROOT_REFUSAL, ManagerConfig, ProjectManager
 from cocalc_hub.projects.operations import Projects
 from cocalc_hub.projects.publish import StatePublisher
 from cocalc_hub.projects.status import StatusRecorder
@@ -242,8 +245,14 @@ def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService)
         idle_interval=settings.idle_check_interval, idle_timeout=settings.idle_timeout,
         min_run_time=settings.min_run_time, adopt=settings.adopt_projects,
         stop_on_exit=settings.stop_projects_on_exit, limits=settings.project_limits, base_path=settings.base_path,
-        hub_url=hub_url)
+        hub_url=hub_url, token_key=project_tokens.load_key(read_or_create(settings.secrets_dir, "project-token-key")),
+        allow_root=settings.allow_root_projects)
     manager = ProjectManager(store, config, reactor)
+    if manager.runs_as_root():
+        if settings.allow_root_projects:
+            log.warn("projects run as root (single-user mode, hub running as root, --allow-root-projects)")
+        else:
+            log.warn("cocalc-hub: " + ROOT_REFUSAL)
     # State changes go out on conat (project.<id>.0.state.-), through the broker in this
     # process if it runs here, else CONAT_SERVER; never blocking a transition.
     publisher = StatePublisher(hub.conat_client)
@@ -302,6 +311,7 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
 
     Children are stopped newest first, so the order here is: database, auth, … , web."""
     hub = HubService(settings, reactor, observer)
+    private_files.repair(settings)  # before anything opens a file there
     if settings.parts & {"proxy-server", "conat-server", "conat-api"}:
         store = prepare_store(settings, reactor)
         StoreService(store).setServiceParent(hub)
@@ -414,6 +424,7 @@ def makeService(options: Mapping[str, Any]) -> HubService:
     """The twistd entry point. Bad settings end the process with one line, no traceback."""
     from twisted.internet import reactor
 
+    os.umask(private_files.UMASK)  # what the hub creates is its user's alone
     try:
         settings = from_options(options)
     except SettingsError as e:

@@ -28,12 +28,16 @@ TWISTD = str(VENV_BIN / "twistd")
 REPO = Path(__file__).resolve().parent.parent
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Tests run as root in CI, where single-user projects would run as root: say that is meant.
+ROOT_PROJECTS = ["--allow-root-projects"] if os.geteuid() == 0 else []
+ROOT_PROJECTS_ENV = {"COCALC_ALLOW_ROOT_PROJECTS": "1"} if os.geteuid() == 0 else {}
 
 
 def settings_for(tmp: str | Path, options: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None) -> Settings:
     """Settings for a test hub on a free loopback port, data under ``tmp``."""
-    opts: dict[str, Any] = {"port": "tcp:0:interface=127.0.0.1", "data": str(Path(tmp) / "data")}
+    opts: dict[str, Any] = {"port": "tcp:0:interface=127.0.0.1", "data": str(Path(tmp) / "data"),
+                            "allow-root-projects": bool(ROOT_PROJECTS)}
     opts.update(options or {})
     return from_options(opts, dict(env or {}))
 

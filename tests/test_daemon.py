@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from tests.support import TWISTD, ProcessOutput, http_client, spawn
+from tests.support import ROOT_PROJECTS, TWISTD, ProcessOutput, http_client, spawn
 
 
 class DaemonTests(unittest.TestCase):
@@ -150,7 +150,7 @@ class HubRestartTests(unittest.TestCase):
 
     async def start_hub_process(self, data: Path) -> tuple[ProcessOutput, Any, int]:
         proc, transport = spawn(self, [TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--data", str(data),
-                                       "--port", "tcp:0:interface=127.0.0.1"], cwd=str(data.parent))
+                                       "--port", "tcp:0:interface=127.0.0.1", *ROOT_PROJECTS], cwd=str(data.parent))
         m = await proc.wait_for(rb"listening on 127\.0\.0\.1:(\d+)")
         await proc.wait_for(rb"cocalc-hub [^ ]+ running")
         return proc, transport, int(m.group(1))

@@ -27,7 +27,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub import __version__
 from cocalc_hub.projects import processes
-from tests.support import CI, REPO, ProcessOutput, spawn, until
+from tests.support import CI, REPO, ROOT_PROJECTS, ProcessOutput, spawn, until
 from tests.web.api_client import ApiClient
 
 NAME = f"cocalc_hub-{__version__}"
@@ -169,7 +169,7 @@ class InstallTests(unittest.TestCase):
 
     async def run_hub(self, venv: Path) -> None:
         """``cocalc-hub`` from the venv: sign up, create and start a project, /healthcheck, SIGTERM."""
-        args = [str(venv / "bin" / "cocalc-hub"), "--port", "0", "--stop-projects-on-exit"]
+        args = [str(venv / "bin" / "cocalc-hub"), "--port", "0", "--stop-projects-on-exit", *ROOT_PROJECTS]
         hub, transport = spawn(self, args, env=self.clean_env(DATA=str(self.tmp / "data")), cwd=str(self.tmp))
         m = await hub.wait_for(rb"cocalc-hub listening on 127\.0\.0\.1:(\d+)", timeout=60)
         base = f"http://127.0.0.1:{int(m.group(1))}"

@@ -18,7 +18,7 @@ from twisted.web.client import HTTPConnectionPool
 from cocalc_hub.conat.client import connect
 from cocalc_hub.conat.persist.dstream import DKV
 from cocalc_hub.projects import processes
-from tests.support import REPO, VENV_BIN, ProcessOutput, free_tcp_port, http_client, spawn, until
+from tests.support import REPO, ROOT_PROJECTS_ENV, VENV_BIN, ProcessOutput, free_tcp_port, http_client, spawn, until
 from tests.web.api_client import ApiClient
 
 SECTION = "Running the parts as separate processes"
@@ -65,7 +65,7 @@ class ReadmeSplitProcessTests(unittest.TestCase):
             env, argv = as_argv(command)
             self.assertIn(argv[0], ("cocalc-hub", "cocalc-hub-server"), command)
             argv[0] = str(VENV_BIN / argv[0])
-            env.update({"DATA": str(tmp / "data"), "COCALC_NO_IDLE_TIMEOUT": "1"})
+            env.update({"DATA": str(tmp / "data"), "COCALC_NO_IDLE_TIMEOUT": "1", **ROOT_PROJECTS_ENV})
             proc, transport = spawn(self, argv, env=env, cwd=str(tmp))  # one directory for all of them
             procs.append((proc, transport, argv))
             await proc.wait_for(rb"cocalc-hub [^ ]+ running: ")

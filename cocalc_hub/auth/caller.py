@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from cocalc_hub.auth import apikeys
+from cocalc_hub.auth import apikeys, project_tokens
 from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header, remember_me_hash
 from cocalc_hub.auth.passwords import LegacyHashError
 from cocalc_hub.db.store import MEMBER_GROUPS, Store, is_uuid, normalize_uuid, utcnow
@@ -293,7 +293,7 @@ class Authenticator:
         project = await self.store.get_project(normalize_uuid(project_id))
         if project is None or project.deleted:
             return _failed(f"no project {normalize_uuid(project_id)}", "project_secret")
-        if not project.secret_token or not hmac.compare_digest(project.secret_token.encode(), token.encode()):
+        if not project_tokens.verify(project.secret_token, token):
             return _failed("invalid secret token for project", "project_secret")
         return Caller(kind="project", project_id=project.project_id, via="project_secret")
 

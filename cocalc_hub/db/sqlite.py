@@ -7,7 +7,9 @@ share the file (WAL + busy timeout + ``BEGIN IMMEDIATE`` for writes).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -84,6 +86,10 @@ class SQLiteDialect(Dialect):
         return "EXISTS (SELECT 1 FROM json_each(groups) WHERE json_each.value = ?)"
 
 
+def _sha256_hex(value: Any) -> str | None:
+    return None if value is None else hashlib.sha256(str(value).encode("utf-8")).hexdigest()
+
+
 class SQLiteBackend(Backend):
     kind = "sqlite"
 
@@ -102,10 +108,14 @@ class SQLiteBackend(Backend):
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
+        # For schema 003 (hashing projects' plain secret tokens); PostgreSQL has sha256().
+        conn.create_function("sha256_hex", 1, _sha256_hex, deterministic=True)
         return conn
 
     def prepare(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Only the hub's user may read it (SQLite gives -wal and -shm the same mode).
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")

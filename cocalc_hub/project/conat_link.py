@@ -144,7 +144,7 @@ class ConatLink:
             self.client = None
 
 
-def start_link(reactor: Any, env: Mapping[str, str], handler: Callable[[str, list[Any], Any], Any],
+def start_link(reactor: Any, env: Mapping[str, str], secret: str, handler: Callable[[str, list[Any], Any], Any],
                started: float) -> ConatLink | None:
     """The link if the hub said where its broker is (``CONAT_SERVER``), else None (logged)."""
     address = env.get("CONAT_SERVER", "")
@@ -153,7 +153,7 @@ def start_link(reactor: Any, env: Mapping[str, str], handler: Callable[[str, lis
                  "HTTP only)")
         return None
     link = ConatLink(reactor, address=address, project_id=env["COCALC_PROJECT_ID"],
-                     secret=env["COCALC_PROJECT_SECRET"], base_path=env.get("BASE_PATH", "/") or "/",
+                     secret=secret, base_path=env.get("BASE_PATH", "/") or "/",
                      handler=handler, started=started)
     link.start()
     return link

@@ -40,6 +40,12 @@ MAX_RUNNING_JOBS = 100
 KEEP_FINISHED_JOBS = 200
 MAX_ARGS = 10000
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Who the project is: set by the hub, never by a caller's ``env`` (plus every COCALC_* name).
+IDENTITY = frozenset({"HOME", "USER", "LOGNAME", "BASE_PATH", "DATA", "CONAT_SERVER"})
+
+
+def identity_variable(name: str) -> bool:
+    return name in IDENTITY or name.upper().startswith("COCALC_")
 
 
 class ExecError(Exception):
@@ -213,6 +219,8 @@ class Jobs:
             if not isinstance(key, str) or not _ENV_NAME.fullmatch(key) or not isinstance(value, str) \
                     or "\x00" in value:
                 raise ExecError(400, "env must map variable names to strings")
+            if identity_variable(key) and value != env.get(key):
+                raise ExecError(400, f"env may not change {key}: the project's identity variables are set by the hub")
             env[key] = value
         return env
 

@@ -25,7 +25,12 @@ from cocalc_hub.project.raw import ProjectRoot
 
 log = Logger()
 
-REQUIRED = ("COCALC_PROJECT_ID", "HOME", "COCALC_PROJECT_SECRET")
+REQUIRED = ("COCALC_PROJECT_ID", "HOME", "COCALC_TOKEN_FD")
+# Earlier versions wrote the token into HOME, where /raw/ served it to every member.
+LEGACY_TOKEN_FILE = (".smc", "secret-token")
+# Set by the hub for the program only; commands do not inherit them.
+PROGRAM_ONLY = ("COCALC_READY_FD", "COCALC_TOKEN_FD", "COCALC_PROJECT_LIMITS", "COCALC_PROJECT_UID",
+                "COCALC_PROJECT_GID")
 
 
 class ProjectSite(Site):
@@ -35,22 +40,39 @@ class ProjectSite(Site):
         pass
 
 
-def child_environment(env: Mapping[str, str], home: Path) -> dict[str, str]:
-    """What commands run with: the project's environment minus the secret itself."""
-    out = {k: v for k, v in env.items() if k not in ("COCALC_PROJECT_SECRET", "COCALC_READY_FD",
-                                                     "COCALC_PROJECT_LIMITS", "COCALC_PROJECT_UID",
-                                                     "COCALC_PROJECT_GID")}
-    out["COCALC_SECRET_TOKEN"] = str(home / ".smc" / "secret-token")
-    return out
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What commands run with: the project's environment minus what only the program needs."""
+    return {k: v for k, v in env.items() if k not in PROGRAM_ONLY}
 
 
-def write_secret(home: Path, token: str) -> None:
-    smc = home / ".smc"
-    smc.mkdir(mode=0o700, exist_ok=True)
-    path = smc / "secret-token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
+def read_token(env: Mapping[str, str]) -> str:
+    """The secret token from the hub's pipe (``COCALC_TOKEN_FD``), which is then closed.
+
+    It stays in this process's memory only: not in the environment or argv (which other
+    processes may see), not in a file under HOME (which members read through /raw/)."""
+    try:
+        fd = int(env["COCALC_TOKEN_FD"])
+    except ValueError:
+        raise ValueError("COCALC_TOKEN_FD is not a file descriptor") from None
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 4096:
+                raise ValueError("the token pipe holds more than a token")
+    finally:
+        os.close(fd)
+    token = b"".join(chunks).decode("ascii", "replace").strip()
+    if not token:
+        raise ValueError("the token pipe was empty")
+    return token
+
+
+def forget_legacy_token(home: Path) -> None:
+    try:
+        home.joinpath(*LEGACY_TOKEN_FILE).unlink()
+    except FileNotFoundError:
+        pass
 
 
 def announce(fd: int | None, message: dict[str, Any]) -> None:
@@ -70,17 +92,21 @@ def run(env: Mapping[str, str]) -> int:
         print(f"cocalc-project: missing environment: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
+        token = read_token(env)
+    except (OSError, ValueError) as e:
+        print(f"cocalc-project: cannot read the secret token: {e}", file=sys.stderr)
+        return 3
+    try:
         process.prepare(env)
     except (process.SetupError, OSError, ValueError) as e:
         print(f"cocalc-project: cannot set up the process: {e}", file=sys.stderr)
         return 3
     project_id = env["COCALC_PROJECT_ID"]
     home = Path(env["HOME"])
-    token = env["COCALC_PROJECT_SECRET"]
     ready_fd = int(env["COCALC_READY_FD"]) if env.get("COCALC_READY_FD") else None
     try:
         os.chdir(home)
-        write_secret(home, token)
+        forget_legacy_token(home)
     except OSError as e:
         print(f"cocalc-project: cannot use HOME {home}: {e}", file=sys.stderr)
         return 4
@@ -91,7 +117,7 @@ def run(env: Mapping[str, str]) -> int:
     # on a busy machine can take seconds, and project-info's `started` should not drift by them.
     started = process_started()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    jobs = Jobs(reactor, home, child_environment(env, home))
+    jobs = Jobs(reactor, home, child_environment(env))
     root = ProjectRoot(home=home, project_id=project_id, base_path=env.get("BASE_PATH", "/"), token=token,
                        jobs=jobs)
     site = ProjectSite(root)
@@ -102,7 +128,7 @@ def run(env: Mapping[str, str]) -> int:
         log.info("project {project_id} serving on 127.0.0.1:{port}", project_id=project_id, port=number)
         announce(ready_fd, {"http_port": number, "pid": os.getpid()})
         # Only now: the hub waits for the ready line, and conat is not needed for it.
-        join_conat(reactor, env, home, jobs, started)
+        join_conat(reactor, env, token, home, jobs, started)
 
     def failed(f: Any) -> None:
         log.failure("cannot listen", f)
@@ -118,7 +144,7 @@ def run(env: Mapping[str, str]) -> int:
     return 0
 
 
-def join_conat(reactor: Any, env: Mapping[str, str], home: Path, jobs: Jobs, started: float) -> None:
+def join_conat(reactor: Any, env: Mapping[str, str], token: str, home: Path, jobs: Jobs, started: float) -> None:
     """Answer the project API on the hub's conat broker, if the hub said where it is."""
     from cocalc_hub.project.api import ProjectApi
     from cocalc_hub.project.conat_link import start_link
@@ -126,7 +152,7 @@ def join_conat(reactor: Any, env: Mapping[str, str], home: Path, jobs: Jobs, sta
 
     project_id = env["COCALC_PROJECT_ID"]
     api = ProjectApi(project_id=project_id, home=home, jobs=jobs, started=started)
-    link = start_link(reactor, env, api.handle, started)
+    link = start_link(reactor, env, token, api.handle, started)
     if link is None:
         return
     # project-info and exec-log in persist, opened once joined; nothing waits for them

@@ -1,4 +1,7 @@
-"""The environment a project program gets: built from a whitelist, never the hub's own."""
+"""The environment a project program gets: built from a whitelist, never the hub's own.
+
+No secret is in it: the project's token comes on a pipe (``COCALC_TOKEN_FD``).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,9 @@ PASSED_THROUGH = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-def project_environment(*, project_id: str, home: Path, token: str, base_path: str, hub_url: str,
+def project_environment(*, project_id: str, home: Path, base_path: str, hub_url: str,
                         uid: int | None, limits: Mapping[str, int], extra: Mapping[str, Any] | None,
-                        ready_fd: int, source: Mapping[str, str] | None = None) -> dict[str, str]:
+                        ready_fd: int, token_fd: int, source: Mapping[str, str] | None = None) -> dict[str, str]:
     source = os.environ if source is None else source
     user = project_id.replace("-", "")
     env = {k: source[k] for k in PASSED_THROUGH if k in source}
@@ -30,8 +33,8 @@ def project_environment(*, project_id: str, home: Path, token: str, base_path: s
         "SHELL": "/bin/bash",
         "COCALC_PROJECT_ID": project_id,
         "COCALC_USERNAME": user,
-        "COCALC_PROJECT_SECRET": token,
         "COCALC_READY_FD": str(ready_fd),
+        "COCALC_TOKEN_FD": str(token_fd),
         "BASE_PATH": base_path,
         "DATA": str(home / ".smc"),
         "PYTHONUNBUFFERED": "1",
@@ -45,9 +48,11 @@ def project_environment(*, project_id: str, home: Path, token: str, base_path: s
     if limits:
         env["COCALC_PROJECT_LIMITS"] = json.dumps(dict(limits))
     if extra:
-        # Upstream's projects.env: extra variables for the project, never overriding ours.
+        # Upstream's projects.env: extra variables for the project, never overriding ours
+        # (nor setting any COCALC_* variable, ours or not).
         env["COCALC_EXTRA_ENV"] = base64.b64encode(json.dumps(dict(extra)).encode()).decode()
         for key, value in extra.items():
-            if isinstance(key, str) and isinstance(value, str) and key not in env and key.isidentifier():
+            if isinstance(key, str) and isinstance(value, str) and key not in env and key.isidentifier() \
+                    and not key.startswith("COCALC_"):
                 env[key] = value
     return env

@@ -24,13 +24,20 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from cocalc_hub.auth import project_tokens
 from cocalc_hub.db.store import Project, Store, utcnow
 from cocalc_hub.projects import processes
 from cocalc_hub.projects.environment import project_environment
-from cocalc_hub.projects.program import MAX_OUTPUT_LINES, READY_FD, Exited, ProjectError, ProjectProcess
+from cocalc_hub.projects.program import MAX_OUTPUT_LINES, READY_FD, TOKEN_FD, Exited, ProjectError, ProjectProcess
 from cocalc_hub.projects.watch import ExitWatcher
 
 log = Logger()
+
+# Used when no key is configured (managers made by tests): good for this process's lifetime.
+_PROCESS_TOKEN_KEY = secrets.token_bytes(32)
+ROOT_REFUSAL = ("refusing to start projects as root: in single-user mode projects run as the hub's own user "
+                "and this hub runs as root; use --multi-user, or --allow-root-projects to accept it")
+
 
 @dataclass
 class ManagerConfig:
@@ -50,6 +57,10 @@ class ManagerConfig:
     """argv of the project program (tests substitute misbehaving programs)."""
     base_path: str = "/"
     hub_url: Callable[[], str] = lambda: ""
+    token_key: bytes = _PROCESS_TOKEN_KEY
+    """Derives projects' secret tokens (``$SECRETS/project-token-key``); the store keeps hashes."""
+    allow_root: bool = False
+    """Single-user mode with the hub running as root: run projects as root anyway."""
 
 
 @dataclass
@@ -159,8 +170,14 @@ class ProjectManager(service.Service):
         finally:
             self._lock(project_id).release()
 
+    def runs_as_root(self) -> bool:
+        """Would projects run as root (single-user mode, hub started as root)?"""
+        return not self.config.multi_user and os.geteuid() == 0
+
     async def _start(self, project_id: str) -> dict[str, Any]:
         project = await self._project(project_id)
+        if self.runs_as_root() and not self.config.allow_root:
+            raise ProjectError(500, ROOT_REFUSAL)
         if project.state_name == "running" and project_id in self.active:
             return await self.state(project_id)
         if project.state_name in ("running", "starting", "stopping"):
@@ -208,25 +225,33 @@ class ProjectManager(service.Service):
             home = await self.blocking(self.ensure_home, project_id)
         except OSError as e:
             raise ProjectError(500, f"cannot create the project's home directory: {e.strerror or e}") from None
-        token = secrets.token_urlsafe(32)
+        token, stored = project_tokens.new_token(self.config.token_key, project_id)
         project = await self._project(project_id)
-        env = project_environment(project_id=project_id, home=home, token=token, base_path=self.config.base_path,
+        env = project_environment(project_id=project_id, home=home, base_path=self.config.base_path,
                                   hub_url=self.config.hub_url(), uid=uid, limits=self._limits(project),
-                                  extra=project.env, ready_fd=READY_FD)
+                                  extra=project.env, ready_fd=READY_FD, token_fd=TOKEN_FD)
         proto = ProjectProcess(project_id)
         self.starting[project_id] = proto
+        # The token travels on a pipe (never argv or the environment, which ps and /proc show).
+        reader, writer = os.pipe()
         try:
+            try:
+                os.write(writer, token.encode() + b"\n")  # 44 bytes: never blocks
+            finally:
+                os.close(writer)
             argv = list(self.config.program)
             self.reactor.spawnProcess(proto, argv[0], argv, env=env, path=str(home),
-                                      childFDs={0: "w", 1: "r", 2: "r", READY_FD: "r"})
+                                      childFDs={0: "w", 1: "r", 2: "r", READY_FD: "r", TOKEN_FD: reader})
         except OSError as e:
             self.starting.pop(project_id, None)
             raise ProjectError(500, f"cannot start the project program: {e}") from None
+        finally:
+            os.close(reader)
         assert proto.pid is not None
         started = time.time()
         await self.store.set_project_state(
             project_id, {"state": "starting", "time": utcnow().isoformat()}, expect=("starting",),
-            status={"project.pid": proto.pid}, secret_token=token)
+            status={"project.pid": proto.pid}, secret_token=stored)
         try:
             proto.ready.addTimeout(self.config.start_timeout, self.reactor)
             info = await proto.ready
@@ -469,13 +494,17 @@ class ProjectManager(service.Service):
             pid, port = status.get("project.pid"), status.get("browser-server.port")
             uid = self.uid(project_id)
             alive = isinstance(pid, int) and await self.blocking(self.ptable.belongs_to, pid, project_id, uid)
+            token = project_tokens.recover(self.config.token_key, project_id, project.secret_token)
             if (self.config.adopt and alive and project.state_name == "running" and isinstance(port, int)
-                    and project.secret_token and isinstance(pid, int)):
-                self._adopt(project_id, pid, port, project.secret_token)
+                    and token and isinstance(pid, int)):
+                self._adopt(project_id, pid, port, token)
                 log.info("adopted project {project_id} (pid {pid})", project_id=project_id, pid=pid)
                 continue
             await self.stop(project_id)
-            log.info("stopped project {project_id} left over from a previous hub", project_id=project_id)
+            why = " (its token cannot be derived: made by an older version, or with another project-token-key)" \
+                if self.config.adopt and alive and project.secret_token and token is None else ""
+            log.info("stopped project {project_id} left over from a previous hub{why}", project_id=project_id,
+                     why=why)
 
     def _adopt(self, project_id: str, pid: int, port: int, token: str) -> None:
         running = Running(pid=pid, http_port=port, token=token, started=time.time())

@@ -1,9 +1,11 @@
 """The process table, as far as projects are concerned (blocking: call from a thread).
 
-A project's processes are found three ways, so none is missed: the project program's
-process tree (it is a child subreaper, so daemons stay its descendants), processes whose
-environment carries ``COCALC_PROJECT_ID=<id>`` (everything it starts inherits it), and in
-multi-user mode every process of the project's uid.
+A project's processes are found so that none is missed: the project program's process
+tree (it is a child subreaper, so daemons stay its descendants), and in multi-user mode every
+process of the project's uid, in single-user mode every process whose environment carries
+``COCALC_PROJECT_ID=<id>`` (everything it starts inherits it). In multi-user mode that
+marker is not believed: any process may set it, and a project must not be able to pass its
+processes off as another project's (to have them adopted, or the other's killed with them).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def belongs_to(pid: int, project_id: str, uid: int | None = None) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        if uid is not None and proc.uids().real == uid:
-            return True
+        if uid is not None:
+            return bool(proc.uids().real == uid)
         return _environ(proc).get(MARKER) == project_id
     except psutil.Error:
         return False
@@ -67,8 +69,9 @@ def project_processes(project_id: str, *, root_pid: int | None = None, uid: int 
         if proc.pid in found or proc.pid == me:
             continue
         try:
-            if uid is not None and proc.info["uids"] is not None and proc.info["uids"].real == uid:
-                found[proc.pid] = proc
+            if uid is not None:
+                if proc.info["uids"] is not None and proc.info["uids"].real == uid:
+                    found[proc.pid] = proc
             elif _environ(proc).get(MARKER) == project_id:
                 found[proc.pid] = proc
         except psutil.Error:

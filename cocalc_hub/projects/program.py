@@ -12,6 +12,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 READY_FD = 3
+TOKEN_FD = 4
+"""The project reads its secret token from this pipe (then closes it)."""
 MAX_OUTPUT_LINES = 100
 MAX_READY_LINE = 4096
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 
+from cocalc_hub.auth import project_tokens
 from cocalc_hub.conat.client import ConatError
 from tests.conat.support import sockets
 from tests.members import MembersCase
@@ -53,10 +54,13 @@ class SignInTests(AuthCase):
         self.assertEqual((await self.client({"api_key": project_key}).signed_in())["user"],
                          {"project_id": self.project})
         store = self.hub.hub.store
-        token = "s3cret-token-of-32-characters!!"
-        await store.set_project_state(self.project, {"state": "running"}, secret_token=token)
+        token, stored = project_tokens.new_token(b"k" * 32, self.project)
+        await store.set_project_state(self.project, {"state": "running"}, secret_token=stored)
         self.assertEqual((await self.client({"project_id": self.project, "project_secret": token}).signed_in())["user"],
                          {"project_id": self.project})
+        # What the database holds is not a credential.
+        self.assertEqual(await self.refused({"project_id": self.project, "project_secret": stored}),
+                         "Error: invalid secret token for project")
 
     async def test_failures_say_why(self) -> None:
         self.assertEqual(await self.refused({}), "Error: no auth cookie set; set one of 'hub_password', "

@@ -75,6 +75,7 @@ class FileTests(ApiCase):
         self.assertEqual(await self.call("readFile", "b.bin"), blob)
         await self.refused(415, "readFile", "b.bin", "utf8")
         (self.home / "link").symlink_to("notes/a.txt")
+        (self.home / ".smc").mkdir(exist_ok=True)  # a hidden directory
         entries = {e["name"]: e for e in await self.call("listing")}
         self.assertTrue(entries["notes"]["isdir"])
         self.assertEqual((entries["b.bin"]["size"], entries["b.bin"].get("isdir")), (1024, None))

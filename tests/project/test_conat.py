@@ -59,6 +59,7 @@ class LifecycleTests(ProjectConatCase):
         password = (self.hub.hub.settings.secrets_dir / "conat-password").read_text().strip()
         self.assertNotIn(password, env)
         self.assertNotIn("COCALC_PROJECT_SECRET", env)
+        self.assertNotIn("COCALC_TOKEN_FD", env)
 
         r = await self.owner.post("projects/stop", {"project_id": self.project})
         self.assertEqual(r.code, 200, r)

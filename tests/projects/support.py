@@ -58,7 +58,7 @@ async def make_manager(case: unittest.TestCase, *, kind: str = "sqlite", clock: 
         tmp = Path(case.mktemp()).resolve()
         tmp.mkdir()
     defaults: dict[str, Any] = {"projects": str(tmp / "projects" / "[project_id]"), "start_timeout": 10.0,
-                                "stop_grace": 2.0, "idle_interval": 0.0}
+                                "stop_grace": 2.0, "idle_interval": 0.0, "allow_root": True}
     defaults.update(config)
     manager = ProjectManager(store, ManagerConfig(**defaults), clock or reactor)
     case.addCleanup(stop_everything, manager)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from datetime import timedelta
@@ -14,12 +15,13 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from cocalc_hub.auth import project_tokens
 from cocalc_hub.db.store import utcnow
 from cocalc_hub.projects import processes
 from cocalc_hub.projects.manager import ProjectManager
 from cocalc_hub.projects.program import ProjectError
 from tests.projects.support import ClockedReactor, fake_program, gone, make_manager, new_project, project_pids
-from tests.support import until
+from tests.support import LogCapture, until
 
 
 async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -52,7 +54,7 @@ class RealProjectTests(unittest.TestCase):
         assert target is not None
         port, token = target
         project = await store.get_project(pid)
-        self.assertEqual(project.secret_token, token)
+        self.assertTrue(project_tokens.verify(project.secret_token, token))  # kept as a hash
         self.assertEqual(project.status["browser-server.port"], port)
         url = f"http://127.0.0.1:{port}/{pid}/raw/hello.txt"
         code, body = await fetch(url, {"X-CoCalc-Project-Token": token})
@@ -255,6 +257,23 @@ class RestartAndIdleTests(unittest.TestCase):
         await second.recover()
         self.assertEqual((await store.get_project(pid)).state_name, "opened")
         await gone(pid)
+
+    async def test_a_project_from_before_hashed_tokens_is_stopped_not_adopted(self) -> None:
+        store, first = await make_manager(self)
+        pid = await new_project(store)
+        await first.start(pid)
+        first.release_all()
+        # What schema 003 leaves for a project that ran with a plain token: a hash, no nonce.
+        token = first.config.token_key  # any value: only its hash is kept
+        legacy = "sha256$$" + hashlib.sha256(token).hexdigest()
+        await store.set_project_state(pid, {"state": "running"}, secret_token=legacy)
+        second = ProjectManager(store, first.config, reactor)
+        captured = LogCapture(self)
+        await second.recover()
+        self.assertNotIn(pid, second.active)
+        self.assertEqual((await store.get_project(pid)).state_name, "opened")
+        await gone(pid)
+        await captured.wait_for(f"stopped project {pid} left over from a previous hub (its token cannot be derived")
 
     async def test_dead_project_recorded_at_restart(self) -> None:
         store, manager = await make_manager(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from cocalc_hub.auth import project_tokens
 from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
 from cocalc_hub.projects.program import ProjectError
 from tests.db.support import open_store
@@ -33,15 +35,19 @@ class FakeTransport:
 class FakeProcessReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
-        self.spawned: list[tuple[Any, FakeTransport, dict[str, str], dict[int, str]]] = []
+        self.spawned: list[tuple[Any, FakeTransport, dict[str, str], dict[int, Any]]] = []
         self.next_pid = 4_000_000_000
+        self.tokens: list[str] = []
 
     def spawnProcess(self, proto: Any, executable: str, args: list[str], env: dict[str, str], path: str,
-                     childFDs: dict[int, str], **kw: Any) -> FakeTransport:
+                     childFDs: dict[int, Any], **kw: Any) -> FakeTransport:
         self.next_pid += 1
         transport = FakeTransport(self.next_pid)
         proto.makeConnection(transport)
         self.spawned.append((proto, transport, env, childFDs))
+        # What the program would read from its token pipe (the manager closes its end after this).
+        if 4 in childFDs:
+            self.tokens.append(os.read(int(childFDs[4]), 4096).decode())
         return transport
 
 
@@ -83,7 +89,8 @@ class ManagerUnitTests(unittest.TestCase):
         self.fake = FakeProcessReactor()
         self.table = FakeTable()
         tmp = self.mktemp()
-        config = ManagerConfig(projects=f"{tmp}/[project_id]", start_timeout=30, stop_grace=5, idle_interval=0)
+        config = ManagerConfig(projects=f"{tmp}/[project_id]", start_timeout=30, stop_grace=5, idle_interval=0,
+                               allow_root=True)
         self.manager = ProjectManager(self.store, config, self.fake, procs=self.table,
                                       blocking=lambda fn, *a, **kw: defer.maybeDeferred(fn, *a, **kw))
         account = await self.store.create_account(email_address="u@example.com", password_hash="x")
@@ -92,7 +99,7 @@ class ManagerUnitTests(unittest.TestCase):
     async def state(self) -> Any:
         return await self.store.get_project(self.pid)
 
-    def last(self) -> tuple[Any, FakeTransport, dict[str, str], dict[int, str]]:
+    def last(self) -> tuple[Any, FakeTransport, dict[str, str], dict[int, Any]]:
         return self.fake.spawned[-1]
 
     async def start_running(self, port: int = 4242) -> Any:
@@ -108,19 +115,25 @@ class ManagerUnitTests(unittest.TestCase):
     async def test_spawn_arguments(self) -> None:
         await self.start_running()
         proto, transport, env, fds = self.last()
-        self.assertEqual(fds, {0: "w", 1: "r", 2: "r", 3: "r"})
+        self.assertEqual({k: v for k, v in fds.items() if k != 4}, {0: "w", 1: "r", 2: "r", 3: "r"})
         self.assertEqual(env["COCALC_PROJECT_ID"], self.pid)
         self.assertEqual(env["COCALC_READY_FD"], "3")
-        self.assertEqual(len(env["COCALC_PROJECT_SECRET"]), 43)
+        self.assertEqual(env["COCALC_TOKEN_FD"], "4")
+        token = self.fake.tokens[-1].strip()
+        self.assertEqual(len(token), 43)
+        self.assertNotIn(token, repr(env))  # on the pipe only
         self.assertEqual(self.table.killed_projects, [self.pid])  # leftovers killed before the start
         project = await self.state()
         self.assertEqual(project.state_name, "running")
         self.assertEqual(project.status["browser-server.port"], 4242)
-        self.assertEqual(project.secret_token, env["COCALC_PROJECT_SECRET"])
+        self.assertTrue(project_tokens.verify(project.secret_token, token))
+        self.assertNotIn(token, project.secret_token)  # the store has a hash
 
     async def test_start_deadline(self) -> None:
         d = defer.ensureDeferred(self.manager.start(self.pid))
         await until(lambda: bool(self.fake.spawned))
+        # The deadline is set once the pid is recorded (a store write in a thread): wait for it.
+        await until(lambda: bool(self.fake.getDelayedCalls()), what="the start deadline to be set")
         proto, transport, _, _ = self.last()
         proto.childDataReceived(1, b"loading a very big library\n")
         self.fake.advance(29.9)

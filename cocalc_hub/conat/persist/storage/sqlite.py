@@ -173,6 +173,8 @@ class SqliteStore(Store, Session):
 
 
 def _connect(file: Path) -> sqlite3.Connection:
+    # Only the hub's user may read streams (SQLite gives -wal and -shm the file's mode).
+    os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
     conn = sqlite3.connect(str(file), isolation_level=None, check_same_thread=False)
     try:
         result = [r[0] for r in conn.execute("PRAGMA quick_check")]
@@ -199,7 +201,7 @@ def _connect(file: Path) -> sqlite3.Connection:
 
 def open_checked(file: Path) -> sqlite3.Connection:
     """Open (creating) a stream file; a corrupt one is moved aside and replaced by a fresh one."""
-    file.parent.mkdir(parents=True, exist_ok=True)
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         return _connect(file)
     except CorruptDatabase as e:
