@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from twisted.trial import unittest
 
 from cocalc_hub.projects import sockets
@@ -65,3 +68,36 @@ class ChooseTests(unittest.TestCase):
         self.assertIsNone(sockets.choose([listener("127.0.0.1", 80, uid=70001, inode=9)], mine, 80))
         self.assertFalse(mine.owns(listener("127.0.0.1", 80, uid=0)))
         self.assertFalse(owner(inodes={0}).owns(listener("127.0.0.1", 80, inode=0)))  # no inode: nobody's
+
+
+class KernelTests(unittest.TestCase):
+    """sock_diag answers agree with /proc/net/tcp."""
+
+    def listen(self, family: int, host: str) -> tuple[socket.socket, int]:
+        s = socket.socket(family)
+        self.addCleanup(s.close)
+        s.bind((host, 0))
+        s.listen(4)
+        return s, s.getsockname()[1]
+
+    def test_listeners_and_connections(self) -> None:
+        _, port4 = self.listen(socket.AF_INET, "127.0.0.1")
+        server6, port6 = self.listen(socket.AF_INET6, "::")
+        mine = {(e.local, e.port, e.uid, e.inode) for e in sockets.listeners() if e.port in (port4, port6)}
+        proc = {(e.local, e.port, e.uid, e.inode) for e in sockets.table()
+                if e.state == sockets.LISTEN and e.port in (port4, port6)}
+        self.assertEqual(mine, proc)
+        self.assertEqual({(h, p) for h, p, _, _ in mine}, {("127.0.0.1", port4), ("::", port6)})
+        client = socket.create_connection(("127.0.0.1", port6))  # taken by the IPv6 wildcard (v4-mapped)
+        self.addCleanup(client.close)
+        here = client.getsockname()
+        found = sockets.connection(("127.0.0.1", port6), here)
+        assert found is not None
+        self.assertEqual((found.local, found.port, found.remote, found.remote_port), ("127.0.0.1", port6, *here))
+        self.assertEqual(found.inode, 0, "not accepted yet")
+        accepted, _ = server6.accept()
+        self.addCleanup(accepted.close)
+        found = sockets.connection(("127.0.0.1", port6), here)
+        assert found is not None
+        self.assertEqual(found.inode, os.fstat(accepted.fileno()).st_ino)
+        self.assertIsNone(sockets.connection(("127.0.0.1", port4), ("127.0.0.1", 9)), "not the listener")
