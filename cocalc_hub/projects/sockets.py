@@ -1,4 +1,5 @@
-"""Whose TCP socket is whose, read from /proc/net/tcp{,6} (blocking: call from a thread).
+"""Whose TCP socket is whose, asked of the kernel (sock_diag, else /proc/net/tcp{,6}) and
+/proc/<pid>/fd (blocking: call from a thread).
 
 The proxy must only ever talk to a project's own servers. A port number alone does not say
 whose server answers: a project listening on ``127.0.0.2:P`` or ``[::1]:P`` does not own
