@@ -163,6 +163,7 @@ def main() -> None:
         wait_port(hub_port)
         api = Api(f"http://127.0.0.1:{hub_port}")
         api.post("auth/sign-up", {"email": "bench@example.com", "password": "a-Good-passphrase"})
+        api.post("auth/sign-in", {"email": "bench@example.com", "password": "a-Good-passphrase"})  # (202 above)
         pid = str(api.post("projects/create", {"title": "bench"})["project_id"])
         api.post("projects/start", {"project_id": pid})
         home = tmp / "data" / "projects" / pid

@@ -17,7 +17,7 @@ from cocalc_hub.auth import apikeys
 from cocalc_hub.auth.caller import Authenticator, Caller
 from cocalc_hub.auth.cookies import REMEMBER_ME_TTL, RememberMe, new_remember_me
 from cocalc_hub.auth.passwords import MAX_PASSWORD_LENGTH, Passwords, password_problem
-from cocalc_hub.auth.throttle import EMAIL_RULES, IP_RULES, SIGNUP_RULES, Throttle
+from cocalc_hub.auth.throttle import IP_RULES, SIGNUP_RULES, Backoff, Throttle, address_key, wait_text
 from cocalc_hub.db.store import Account, ApiKey, Conflict, Store, utcnow
 
 log = Logger()
@@ -33,10 +33,12 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 class AuthError(Exception):
     """An operation was refused; ``status`` is the HTTP status, ``str()`` is safe to show."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        """Seconds until trying again can succeed (429s; sent as Retry-After)."""
 
 
 def normalize_email(value: object) -> str:
@@ -64,7 +66,8 @@ def clean_name(value: object, what: str) -> str:
 class SiteSettings:
     """Server settings with a short cache (they are read on every sign-up)."""
 
-    DEFAULTS = {"email_signup": "yes", "samesite_remember_me": "strict", "site_name": "CoCalc"}
+    DEFAULTS = {"email_signup": "yes", "samesite_remember_me": "strict", "site_name": "CoCalc",
+                "signup_hides_emails": "yes"}
 
     def __init__(self, store: Store, clock: Any, ttl: float = 5.0) -> None:
         self.store = store
@@ -102,8 +105,11 @@ class Accounts:
         self.auth = auth
         self.clock = clock
         self.settings = settings or SiteSettings(store, clock)
-        self.email_throttle = Throttle(clock, EMAIL_RULES)
+        self.failures = Backoff(clock)
+        """Wrong passwords per (email, client address): growing delays for that pair only, so
+        nobody can lock an owner out from elsewhere."""
         self.ip_throttle = Throttle(clock, IP_RULES)
+        """Failed sign-ins per client address, whatever the email: the address's budget."""
         self.signup_throttle = Throttle(clock, SIGNUP_RULES)
 
     # sign-up / sign-in / sign-out -----------------------------------------------------
@@ -117,10 +123,20 @@ class Accounts:
             return "token"
         return "open"
 
+    async def hides_emails(self) -> bool:
+        """The signup_hides_emails setting (default yes): sign-up answers the same whether or
+        not an account has the email address, and so does not sign anyone in."""
+        return (await self.settings.get("signup_hides_emails") or "yes").lower() not in ("no", "false", "0", "off")
+
     async def sign_up(self, *, email: object, password: object, first_name: object = "", last_name: object = "",
-                      registration_token: object = None, client_ip: str = "") -> Account:
-        if client_ip and self.signup_throttle.blocked(client_ip):
-            raise AuthError(429, "too many accounts created from your address; try again later")
+                      registration_token: object = None, client_ip: str = "") -> Account | None:
+        """The new account; None when sign-up hides whether emails exist (hides_emails): then
+        an account was created only if none had the address, and the caller must not say which."""
+        address = address_key(client_ip) if client_ip else ""
+        if address and self.signup_throttle.blocked(address):
+            wait = self.signup_throttle.retry_after(address)
+            raise AuthError(429, f"too many sign-ups from your address; try again in {wait_text(wait)}",
+                            retry_after=wait)
         email_address = normalize_email(email)
         problem = password_problem(password, email=email_address)
         if problem:
@@ -137,11 +153,27 @@ class Accounts:
                 raise AuthError(403, "a registration token is required to sign up")
             if not await self.store.redeem_registration_token(registration_token.strip(), utcnow()):
                 raise AuthError(403, "that registration token is not valid")
-        account = await self.create(email_address, password, first, last)
-        if client_ip:
-            self.signup_throttle.record(client_ip)
+        if not await self.hides_emails():
+            account = await self.create(email_address, password, first, last)
+            if address:
+                self.signup_throttle.record(address)
+            log.info("new account {account_id}", account_id=account.account_id)
+            return account
+        # Both outcomes do the same work (one password hash, one insert) and count against
+        # the address's sign-up budget alike, so neither the answer nor its timing differs.
+        if address:
+            self.signup_throttle.record(address)
+        assert isinstance(password, str)
+        password_hash = await self.passwords.hash(password)
+        try:
+            account = await self.store.create_account(email_address=email_address, password_hash=password_hash,
+                                                      first_name=first, last_name=last)
+        except Conflict:
+            log.info("sign-up for an email address that has an account, from {ip} (not revealed)",
+                     ip=client_ip or "-")
+            return None
         log.info("new account {account_id}", account_id=account.account_id)
-        return account
+        return None
 
     async def create(self, email_address: str, password: object, first_name: str, last_name: str) -> Account:
         """Insert an account whose email and password have been checked."""
@@ -161,17 +193,19 @@ class Accounts:
         if len(password) > MAX_PASSWORD_LENGTH:
             raise wrong
         email_key = email.strip().lower()[:MAX_EMAIL_LENGTH]
-        if self.email_throttle.blocked(email_key) or (client_ip and self.ip_throttle.blocked(client_ip)):
-            raise AuthError(429, "too many failed sign-in attempts; wait a minute and try again")
+        address = address_key(client_ip) if client_ip else ""
+        pair = (email_key, address)
+        self._check_throttles(pair)
         account = await self.store.get_account_by_email(email_key)
         if account is None or not account.password_hash:
             await self.passwords.dummy_verify()
-            self._failed(email_key, client_ip)
+            self._failed(pair)
             raise wrong
         verdict = await self.passwords.verify(account.password_hash, password)
         if not verdict.ok:
-            self._failed(email_key, client_ip)
+            self._failed(pair)
             raise wrong
+        self.failures.reset(pair)
         if account.banned or account.deleted:
             raise AuthError(403, "this account is banned")
         if verdict.needs_rehash:
@@ -180,10 +214,23 @@ class Accounts:
             await self.store.set_password_hash(account.account_id, new_hash, expected=account.password_hash)
         return await self.start_session(account)
 
-    def _failed(self, email_key: str, client_ip: str) -> None:
-        self.email_throttle.record(email_key)
-        if client_ip:
-            self.ip_throttle.record(client_ip)
+    def _check_throttles(self, pair: tuple[str, str]) -> None:
+        """429 with how long to wait, before any password is checked (the same for every email)."""
+        address = pair[1]
+        wait = self.ip_throttle.retry_after(address) if address else 0.0
+        if wait > 0:
+            raise AuthError(429, f"too many failed sign-ins from your address; try again in {wait_text(wait)}",
+                            retry_after=wait)
+        wait = self.failures.wait(pair)
+        if wait > 0:
+            raise AuthError(429, f"too many wrong passwords for this account from your address; try again in "
+                                 f"{wait_text(wait)}, or ask an administrator to reset your password",
+                            retry_after=wait)
+
+    def _failed(self, pair: tuple[str, str]) -> None:
+        self.failures.record(pair)
+        if pair[1]:
+            self.ip_throttle.record(pair[1])
 
     async def start_session(self, account: Account) -> SignIn:
         if account.banned:

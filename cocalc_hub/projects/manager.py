@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from cocalc_hub.auth import project_tokens
 from cocalc_hub.db.store import Project, Store, utcnow
-from cocalc_hub.projects import processes
+from cocalc_hub.projects import processes, sockets
 from cocalc_hub.projects.environment import project_environment
 from cocalc_hub.projects.program import MAX_OUTPUT_LINES, READY_FD, TOKEN_FD, Exited, ProjectError, ProjectProcess
 from cocalc_hub.projects.watch import ExitWatcher
@@ -449,6 +449,26 @@ class ProjectManager(service.Service):
             return set()
         result: set[int] = await self.blocking(self.ptable.listening_ports, project_id, root_pid=running.pid,
                                                        uid=self.uid(project_id))
+        return result
+
+    async def port_targets(self, project_id: str) -> dict[int, str]:
+        """The project's listening ports -> the address the proxy connects to (see
+        :func:`.sockets.port_targets`)."""
+        running = self.active.get(project_id)
+        if running is None:
+            return {}
+        result: dict[int, str] = await self.blocking(sockets.port_targets, root_pid=running.pid,
+                                                     uid=self.uid(project_id))
+        return result
+
+    async def verify_connection(self, project_id: str, server: tuple[str, int], client: tuple[str, int]) -> str | None:
+        """None if a new connection from ``client`` reached the project's own socket at
+        ``server``; otherwise why not."""
+        running = self.active.get(project_id)
+        if running is None:
+            return "the project is not running"
+        result: str | None = await self.blocking(sockets.verify_peer, root_pid=running.pid, uid=self.uid(project_id),
+                                                 server=server, client=client)
         return result
 
     # hub start and stop ---------------------------------------------------------------------

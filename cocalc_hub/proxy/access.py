@@ -19,6 +19,7 @@ from twisted.internet import defer
 from cocalc_hub.auth.caller import HTTP, Authenticator, Caller
 from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header
 from cocalc_hub.db.store import MEMBER_GROUPS, Store
+from cocalc_hub.projects.sockets import ELSEWHERE
 from cocalc_hub.proxy.headers import strip_cookies
 
 DECISION_TTL = 0.5
@@ -26,6 +27,9 @@ PORTS_TTL = 1.0
 PORTS_STALE = 10.0
 """A port seen listening recently is still believed while a fresh reading is taken."""
 MAX_ENTRIES = 20000
+NOT_LISTENING = "-"
+Ports = dict[int, str]
+"""A project's listening ports -> the address the proxy connects to (or ELSEWHERE)."""
 
 
 T = TypeVar("T")
@@ -66,8 +70,8 @@ class ProxyAccess:
         self.ttl = ttl
         self._decisions: OrderedDict[tuple[bytes | None, bytes | None, str], tuple[float, Decision]] = OrderedDict()
         self._pending: dict[tuple[bytes | None, bytes | None, str], defer.Deferred[Decision]] = {}
-        self._ports: dict[str, tuple[float, set[int]]] = {}
-        self._reading: dict[str, defer.Deferred[set[int]]] = {}
+        self._ports: dict[str, tuple[float, Ports]] = {}
+        self._reading: dict[str, defer.Deferred[Ports]] = {}
 
     def cached(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision | None:
         """The decision if it is fresh (the proxy's fast path never awaits)."""
@@ -134,11 +138,13 @@ class ProxyAccess:
 
     # port ownership -----------------------------------------------------------------------
 
-    def ports_cached(self, project_id: str, port: int, read: Callable[[], defer.Deferred[set[int]]]) -> bool | None:
-        """True/False without waiting when the answer is known, None if it must be read.
+    def ports_cached(self, project_id: str, port: int, read: Callable[[], defer.Deferred[Ports]]) -> str | None:
+        """Where to connect for the port (or NOT_LISTENING / ELSEWHERE) without waiting when
+        the answer is known, None if it must be read.
 
         A port seen listening less than PORTS_STALE ago counts while a fresh reading is
-        taken in the background (the proxy's hot path never waits for the process table).
+        taken in the background (the proxy's hot path never waits for the process table;
+        every new backend connection is checked afterwards, see Proxy.verify).
         """
         hit = self._ports.get(project_id)
         if hit is None:
@@ -146,25 +152,28 @@ class ProxyAccess:
         taken, ports = hit
         age = self.clock.seconds() - taken
         if age < PORTS_TTL:
-            return port in ports
-        if port in ports and age < PORTS_STALE:
+            return ports.get(port, NOT_LISTENING)
+        host = ports.get(port)
+        if host and age < PORTS_STALE:
             self.read_ports(project_id, read)
-            return True
+            return host
         return None
 
-    def port_fresh(self, project_id: str, port: int) -> bool:
-        """True only if a reading younger than PORTS_TTL saw the port listening."""
+    def port_fresh(self, project_id: str, port: int) -> str | None:
+        """The address to connect to, only if a reading younger than PORTS_TTL gave one."""
         hit = self._ports.get(project_id)
-        return hit is not None and self.clock.seconds() - hit[0] < PORTS_TTL and port in hit[1]
+        if hit is None or self.clock.seconds() - hit[0] >= PORTS_TTL:
+            return None
+        return hit[1].get(port) or None
 
-    def read_ports(self, project_id: str, read: Callable[[], defer.Deferred[set[int]]]) -> defer.Deferred[set[int]]:
+    def read_ports(self, project_id: str, read: Callable[[], defer.Deferred[Ports]]) -> defer.Deferred[Ports]:
         """A fresh reading (one at a time per project); callers get their own Deferred."""
         reading = self._reading.get(project_id)
         if reading is None:
             reading = read()
             self._reading[project_id] = reading
 
-            def store(ports: set[int]) -> set[int]:
+            def store(ports: Ports) -> Ports:
                 self._reading.pop(project_id, None)
                 self._ports[project_id] = (self.clock.seconds(), ports)
                 return ports
@@ -175,3 +184,13 @@ class ProxyAccess:
 
             reading.addCallbacks(store, failed)
         return _follow(reading)
+
+
+def port_refusal(host: str) -> str | None:
+    """The message for a port the proxy must not connect to (None: ``host`` is an address)."""
+    if host == NOT_LISTENING:
+        return "The project does not listen on that port."
+    if host == ELSEWHERE:
+        return ("The project listens on that port, but not on 127.0.0.1, ::1 or all interfaces, or not alone: "
+                "the proxy only connects to the project's own server there.")
+    return None

@@ -1,11 +1,18 @@
-"""Connections to backends on 127.0.0.1, kept alive and reused per port."""
+"""Connections to projects' backends on loopback, kept alive and reused per project and address.
+
+A new connection to a project's port is handed out only after ``verify`` confirmed that
+the socket it reached is the project's own (see cocalc_hub.projects.sockets); pooled
+connections are reused only for the same project, address and port.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet import protocol, tcp
+from twisted.internet import defer, protocol, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
@@ -40,6 +47,23 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+@dataclass(frozen=True)
+class Target:
+    project_id: str
+    host: str
+    """127.0.0.1 or ::1: where the project itself listens."""
+    port: int
+    verify: bool = True
+    """Check each new connection's peer (the raw server's port was checked at start)."""
+
+
+class Refused(Exception):
+    """A new connection reached a socket that is not the project's; it was closed unused."""
+
+
+Verify = Callable[[Target, "BackendConnection"], defer.Deferred[str | None]]
+
+
 class Handler(Protocol):
     """Whoever currently uses a backend connection."""
 
@@ -49,9 +73,9 @@ class Handler(Protocol):
 
 
 class BackendConnection(protocol.Protocol):
-    def __init__(self, pool: BackendPool, port: int) -> None:
+    def __init__(self, pool: BackendPool, target: Target) -> None:
         self.pool = pool
-        self.port = port
+        self.target = target
         self.handler: Handler | None = None
         self.closed = False
         self.reused = 0
@@ -91,15 +115,15 @@ class BackendConnection(protocol.Protocol):
 class _Factory(protocol.ClientFactory):
     noisy = False
 
-    def __init__(self, pool: BackendPool, port: int, ready: Callable[[BackendConnection], None],
+    def __init__(self, pool: BackendPool, target: Target, ready: Callable[[BackendConnection], None],
                  failed: Callable[[Failure], None]) -> None:
         self.pool = pool
-        self.port = port
+        self.target = target
         self.ready = ready
         self.failed = failed
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
-        conn = BackendConnection(self.pool, self.port)
+        conn = BackendConnection(self.pool, self.target)
         ready = self.ready
         self.reactor_call(lambda: ready(conn))
         return conn
@@ -112,37 +136,59 @@ class _Factory(protocol.ClientFactory):
 
 
 class BackendPool:
-    """Idle keep-alive connections per backend port (never shared between requests)."""
+    """Idle keep-alive connections per target (never shared between requests)."""
 
     def __init__(self, reactor: Any, *, max_idle: int = 64, idle_timeout: float = 60.0,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, verify: Verify | None = None) -> None:
         self.reactor = reactor
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
-        self._idle: dict[int, list[BackendConnection]] = {}
+        self.verify = verify
+        self._idle: dict[Target, list[BackendConnection]] = {}
         self._all: set[BackendConnection] = set()
 
-    def get(self, port: int, ready: Callable[[BackendConnection], None], failed: Callable[[Failure], None],
+    def get(self, target: Target, ready: Callable[[BackendConnection], None], failed: Callable[[Failure], None],
             *, fresh: bool = False) -> None:
-        """Call ``ready`` with a connection (reused if one is idle) or ``failed`` with why not."""
+        """Call ``ready`` with a connection (reused if one is idle) or ``failed`` with why not
+        (a Refused failure if the new connection reached a socket not the project's)."""
         if not fresh:
-            idle = self._idle.get(port)
+            idle = self._idle.get(target)
             while idle:
                 conn = idle.pop()
                 if not conn.closed:
                     conn.reused += 1
                     ready(conn)
                     return
-        self.reactor.connectTCP("127.0.0.1", port, _Factory(self, port, self._track(ready), failed),
+        self.reactor.connectTCP(target.host, target.port, _Factory(self, target, self._track(ready, failed), failed),
                                 timeout=self.connect_timeout)
 
-    def _track(self, ready: Callable[[BackendConnection], None]) -> Callable[[BackendConnection], None]:
+    def _track(self, ready: Callable[[BackendConnection], None],
+               failed: Callable[[Failure], None]) -> Callable[[BackendConnection], None]:
+        def deliver(conn: BackendConnection) -> None:
+            if conn.closed:
+                failed(Failure(ConnectionDone("the backend closed the connection at once")))
+                return
+            ready(conn)
+
+        def verified(why: str | None, conn: BackendConnection) -> None:
+            if why is None:
+                deliver(conn)
+                return
+            conn.abort()
+            failed(Failure(Refused(why)))
+
         def tracked(conn: BackendConnection) -> None:
             if conn.closed:
+                failed(Failure(ConnectionDone("the backend closed the connection at once")))
                 return
             self._all.add(conn)
-            ready(conn)
+            if conn.target.verify and self.verify is not None:
+                d = self.verify(conn.target, conn)
+                d.addErrback(lambda f: f"its owner could not be checked ({f.getErrorMessage()})")
+                d.addCallback(verified, conn)
+                return
+            deliver(conn)
 
         return tracked
 
@@ -151,7 +197,7 @@ class BackendPool:
         conn.handler = None
         if conn.closed:
             return
-        idle = self._idle.setdefault(conn.port, [])
+        idle = self._idle.setdefault(conn.target, [])
         if len(idle) >= self.max_idle:
             conn.abort()
             return
@@ -161,19 +207,19 @@ class BackendPool:
     def expire(self) -> None:
         """Close connections idle longer than ``idle_timeout`` (called periodically)."""
         cutoff = self.reactor.seconds() - self.idle_timeout
-        for port, idle in list(self._idle.items()):
+        for target, idle in list(self._idle.items()):
             keep = [c for c in idle if c.idle_since > cutoff and not c.closed]
             for conn in idle:
                 if conn not in keep and conn.transport is not None and not conn.closed:
                     conn.transport.loseConnection()
             if keep:
-                self._idle[port] = keep
+                self._idle[target] = keep
             else:
-                del self._idle[port]
+                del self._idle[target]
 
     def discard(self, conn: BackendConnection) -> None:
         self._all.discard(conn)
-        idle = self._idle.get(conn.port)
+        idle = self._idle.get(conn.target)
         if idle and conn in idle:
             idle.remove(conn)
 

@@ -6,14 +6,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from cocalc_hub.auth.cookies import CookieNames
 from cocalc_hub.projects.manager import ProjectManager
 from cocalc_hub.proxy import headers
 from cocalc_hub.proxy.access import ProxyAccess
-from cocalc_hub.proxy.backend import BackendPool
+from cocalc_hub.proxy.backend import BackendConnection, BackendPool, Target
 from cocalc_hub.proxy.http1 import Headers
 from cocalc_hub.proxy.parse import Route, parse_route
+
+log = Logger()
 
 
 class Proxy:
@@ -31,8 +35,25 @@ class Proxy:
         self.timeout = timeout
         self.hub_ports = hub_ports
         self.csrf_token = csrf_token
-        self.pool = BackendPool(reactor)
+        self.pool = BackendPool(reactor, verify=self.verify)
         self.tunnels = 0
+
+    def verify(self, target: Target, conn: BackendConnection) -> defer.Deferred[str | None]:
+        """Did a new backend connection reach the project's own socket? (None: yes)."""
+        transport: Any = conn.transport
+        here = transport.getHost() if transport is not None else None
+        if here is None:
+            return defer.succeed("the connection is gone")
+
+        def judged(why: str | None) -> str | None:
+            if why is not None:
+                log.warn("proxy refused a connection to {host} port {port} for project {project_id}: {why}",
+                         host=target.host, port=target.port, project_id=target.project_id, why=why)
+            return why
+
+        d = defer.ensureDeferred(self.manager.verify_connection(target.project_id, (target.host, target.port),
+                                                                (here.host, here.port)))
+        return d.addCallback(judged)
 
     def route(self, path: bytes) -> Route | None:
         """Raises BadRoute for malformed project URLs."""

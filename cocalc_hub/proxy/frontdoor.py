@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cocalc_hub.proxy import pages
-from cocalc_hub.proxy.access import Decision
-from cocalc_hub.proxy.backend import BackendConnection, write_now
+from cocalc_hub.proxy.access import NOT_LISTENING, Decision, Ports, port_refusal
+from cocalc_hub.proxy.backend import BackendConnection, Target, write_now
 from cocalc_hub.proxy.core import Proxy
 from cocalc_hub.proxy.http1 import MAX_HEAD, BodyFramer, HttpError, RequestHead, parse_request
 from cocalc_hub.proxy.parse import BadRoute, Route
@@ -39,7 +39,7 @@ HEAD_TIMEOUT = 30.0
 class _Memo:
     """The last proxied request head on a connection and what it was turned into."""
 
-    __slots__ = ("head", "req", "route", "cookie", "authorization", "decision", "upstream", "port", "target")
+    __slots__ = ("head", "req", "route", "cookie", "authorization", "decision", "upstream", "backend", "target")
 
     def __init__(self, head: bytes, req: RequestHead, route: Route, cookie: bytes | None,
                  authorization: bytes | None, decision: Decision) -> None:
@@ -50,7 +50,7 @@ class _Memo:
         self.authorization = authorization
         self.decision = decision
         self.upstream: bytes | None = None
-        self.port: int | None = None
+        self.backend: Target | None = None
         self.target: tuple[int, str] | None = None
 
 
@@ -410,7 +410,7 @@ class FrontDoor(protocol.Protocol):
             return
         raw_port, token = target
         if route.kind == "raw":
-            port = raw_port
+            backend = Target(route.project_id, "127.0.0.1", raw_port, verify=False)
         else:
             assert route.port is not None
             port = route.port
@@ -420,35 +420,36 @@ class FrontDoor(protocol.Protocol):
                 return
             project_id = route.project_id
 
-            def read() -> defer.Deferred[set[int]]:
-                return defer.ensureDeferred(manager.listening_ports(project_id))
+            def read() -> defer.Deferred[Ports]:
+                return defer.ensureDeferred(manager.port_targets(project_id))
 
-            owned = proxy.access.ports_cached(project_id, port, read)
-            if owned is None:
+            host = proxy.access.ports_cached(project_id, port, read)
+            if host is None:
                 self.pause_reading()
                 d = proxy.access.read_ports(project_id, read)
-                d.addCallback(lambda ports: self._owned(req, route, decision, started, port, token, port in ports))
+                d.addCallback(lambda ports: self._owned(req, route, decision, started, port, token, ports))
                 d.addErrback(lambda f: self._internal_error(req, f, started))
                 return
-            if not owned:
-                self._respond(req, 403, "The project does not listen on that port.", started,
-                              ctx=pages.member(self.factory.plain, route, decision))
+            refusal = port_refusal(host)
+            if refusal is not None:
+                self._respond(req, 403, refusal, started, ctx=pages.member(self.factory.plain, route, decision))
                 return
-        self._forward(req, route, decision, started, port, token)
+            backend = Target(project_id, host, port)
+        self._forward(req, route, decision, started, backend, token)
         if caller.account_id is not None:
             manager.touch(route.project_id, caller.account_id)
 
     def _owned(self, req: RequestHead, route: Route, decision: Decision, started: float, port: int, token: str,
-               owned: bool) -> None:
+               ports: Ports) -> None:
         if self.state != PROXY or self.transport is None:
             return
-        if not owned:
-            self._respond(req, 403, "The project does not listen on that port.", started,
-                          ctx=pages.member(self.factory.plain, route, decision))
+        refusal = port_refusal(ports.get(port, NOT_LISTENING))
+        if refusal is not None:
+            self._respond(req, 403, refusal, started, ctx=pages.member(self.factory.plain, route, decision))
             return
-        self._forward(req, route, decision, started, port, token)
+        self._forward(req, route, decision, started, Target(route.project_id, ports[port], port), token)
 
-    def _forward(self, req: RequestHead, route: Route, decision: Decision, started: float, port: int,
+    def _forward(self, req: RequestHead, route: Route, decision: Decision, started: float, backend: Target,
                  token: str) -> None:
         proxy = self.proxy
         assert proxy is not None
@@ -462,17 +463,17 @@ class FrontDoor(protocol.Protocol):
         memo = self._pending_memo
         if memo is not None and memo.req is req and not websocket and not req.length and not req.chunked:
             memo.upstream = head
-            memo.port = port
-            memo.target = (port, token) if route.kind == "raw" else proxy.manager.local_target(route.project_id)
+            memo.backend = backend
+            memo.target = (backend.port, token) if route.kind == "raw" else proxy.manager.local_target(route.project_id)
         else:
             self._pending_memo = None
-        self._start_exchange(req, head, route, port, started, websocket, decision)
+        self._start_exchange(req, head, route, backend, started, websocket, decision)
 
     def _replay(self, memo: _Memo) -> bool:
         """The same request head as the previous one on this connection, with the same
         authorization still fresh: send the same upstream head without re-parsing anything."""
         proxy = self.proxy
-        if proxy is None or memo.upstream is None or memo.port is None:
+        if proxy is None or memo.upstream is None or memo.backend is None:
             return False
         route = memo.route
         if proxy.access.cached(memo.cookie, memo.authorization, route.project_id) is not memo.decision:
@@ -481,19 +482,20 @@ class FrontDoor(protocol.Protocol):
         if route.kind == "raw":
             if target != memo.target:
                 return False
-        elif target is None or target != memo.target or not proxy.access.port_fresh(route.project_id, memo.port):
+        elif target is None or target != memo.target or \
+                proxy.access.port_fresh(route.project_id, memo.backend.port) != memo.backend.host:
             return False
         self.state = PROXY
         self._disarm()
-        self._start_exchange(memo.req, memo.upstream, route, memo.port, time.perf_counter(), False, memo.decision)
+        self._start_exchange(memo.req, memo.upstream, route, memo.backend, time.perf_counter(), False, memo.decision)
         caller = memo.decision.caller
         if caller.account_id is not None:
             proxy.manager.touch(route.project_id, caller.account_id)
         return True
 
-    def _start_exchange(self, req: RequestHead, head: bytes, route: Route, port: int, started: float,
+    def _start_exchange(self, req: RequestHead, head: bytes, route: Route, backend: Target, started: float,
                         websocket: bool, decision: Decision) -> None:
-        exchange = Exchange(self, req, head, port, route.prefix if route.kind == "server" else None,
+        exchange = Exchange(self, req, head, backend, route.prefix if route.kind == "server" else None,
                             upgrade=websocket)
         exchange.started = started
         exchange.route, exchange.decision = route, decision  # for an error page's advice

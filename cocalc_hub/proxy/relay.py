@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-from cocalc_hub.proxy.backend import BackendConnection
+from cocalc_hub.proxy.backend import BackendConnection, Refused, Target
 from cocalc_hub.proxy.http1 import LAST_CHUNK, BodyFramer, HttpError, RequestHead, ResponseHead, chunk, parse_response
 
 if TYPE_CHECKING:
@@ -28,14 +28,15 @@ MAX_RESPONSE_HEAD = 64 * 1024
 class Exchange:
     """A request forwarded to a backend and its response forwarded back."""
 
-    def __init__(self, front: FrontDoor, req: RequestHead, head: bytes, port: int, prefix: bytes | None,
+    def __init__(self, front: FrontDoor, req: RequestHead, head: bytes, target: Target, prefix: bytes | None,
                  *, upgrade: bool = False) -> None:
         self.front = front
         assert front.proxy is not None
         self.proxy = front.proxy
         self.req = req
         self.head = head
-        self.port = port
+        self.target = target
+        self.port = target.port
         self.prefix = prefix  # public prefix for Location rewriting (server routes only)
         self.upgrade = upgrade
         self.started = time.perf_counter()
@@ -60,7 +61,7 @@ class Exchange:
     # start ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.proxy.pool.get(self.port, self._connected, self._connect_failed, fresh=self.upgrade)
+        self.proxy.pool.get(self.target, self._connected, self._connect_failed, fresh=self.upgrade)
 
     def _connected(self, conn: BackendConnection) -> None:
         if self.finished:
@@ -80,6 +81,10 @@ class Exchange:
             self.producing_for_backend = True
 
     def _connect_failed(self, reason: Failure) -> None:
+        if reason.check(Refused):
+            self._fail(403, "The server that answered on that port is not this project's; the proxy closed the "
+                            "connection without sending anything.")
+            return
         self._fail(502, "The project's server did not accept the connection (is it listening?).")
 
     # client → backend ------------------------------------------------------------------------
@@ -260,7 +265,7 @@ class Exchange:
                 self.retried = True
                 self.conn = None
                 self.pending = []
-                self.proxy.pool.get(self.port, self._connected, self._connect_failed, fresh=True)
+                self.proxy.pool.get(self.target, self._connected, self._connect_failed, fresh=True)
                 return
             self._fail(502, "The project's server closed the connection without answering.")
             return

@@ -32,7 +32,7 @@ from cocalc_hub.auth.passwords import (
     password_problem,
     verify_legacy,
 )
-from cocalc_hub.auth.throttle import EMAIL_RULES, Throttle
+from cocalc_hub.auth.throttle import Backoff, Throttle, address_key, wait_text
 from cocalc_hub.db.store import utcnow
 from tests.support import FAST_ARGON2
 
@@ -228,14 +228,19 @@ class ApiKeyFormatTests(unittest.TestCase):
             self.assertIsNone(parse_authorization(junk))
 
 
+RULES = ((60, 5), (3600, 50))
+
+
 class ThrottleTests(unittest.TestCase):
     def test_windows_with_fake_clock(self) -> None:
         clock = Clock()
-        t = Throttle(clock, EMAIL_RULES)
+        t = Throttle(clock, RULES)
         for _ in range(5):
             self.assertFalse(t.blocked("a@b"))
             t.record("a@b")
         self.assertTrue(t.blocked("a@b"))
+        self.assertEqual(t.retry_after("a@b"), 60)
+        self.assertEqual(t.retry_after("other@b"), 0)
         self.assertFalse(t.blocked("other@b"))
         clock.advance(61)
         self.assertFalse(t.blocked("a@b"))
@@ -250,10 +255,42 @@ class ThrottleTests(unittest.TestCase):
         self.assertFalse(t.blocked("a@b"))
 
     def test_bounded_memory(self) -> None:
-        t = Throttle(Clock(), EMAIL_RULES, max_keys=10)
+        t = Throttle(Clock(), RULES, max_keys=10)
         for i in range(100):
             t.record(f"k{i}")
         self.assertEqual(len(t._events), 10)
+
+    def test_backoff_grows_and_is_forgotten(self) -> None:
+        clock = Clock()
+        b = Backoff(clock, free=4, first=30, cap=900, forget=86400)
+        key = ("a@b", "192.0.2.1")
+        for _ in range(4):
+            self.assertEqual(b.wait(key), 0)
+            b.record(key)
+        self.assertEqual(b.wait(key), 30)
+        clock.advance(30)
+        self.assertEqual(b.wait(key), 0)
+        b.record(key)
+        self.assertEqual(b.wait(key), 60)
+        for _ in range(10):
+            b.record(key)
+        self.assertEqual(b.wait(key), 900, "capped")
+        self.assertEqual(b.wait(("a@b", "192.0.2.2")), 0, "another address is not delayed")
+        b.reset(key)
+        self.assertEqual(b.wait(key), 0)
+        b.record(key)
+        clock.advance(86400)
+        b.record(key)
+        self.assertEqual(b._failures[key][0], 1, "failures a day old are forgotten")
+
+    def test_address_keys_and_wait_text(self) -> None:
+        self.assertEqual(address_key("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(address_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(address_key("2001:db8:1:2::9"), address_key("2001:db8:1:2:ffff::1"))
+        self.assertEqual(address_key("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(address_key("local"), "local")
+        self.assertEqual((wait_text(1), wait_text(30.2), wait_text(120), wait_text(899)),
+                         ("1 second", "31 seconds", "2 minutes", "15 minutes"))
 
 
 class CsrfTests(unittest.TestCase):

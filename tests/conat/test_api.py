@@ -326,7 +326,7 @@ class ServiceTests(unittest.TestCase):
         await api_service(api.hub).when_ready()
         assert api.hub.auth is not None
         accounts = api.hub.auth.accounts
-        account = await accounts.sign_up(email="split@example.com", password="a-Good-passphrase")
+        account = await accounts.create("split@example.com", "a-Good-passphrase", "Split", "User")
         session = await accounts.start_session(account)
         c = connect(reactor, broker.root, cookies={api.hub.auth.names.remember_me: session.session.cookie_value},
                     reconnect=False)

@@ -387,7 +387,7 @@ class CsrfTests(ApiSuite):
         host = self.hub.root.split("//", 1)[1]
         r = await c.post("auth/sign-up", {"email": "x@example.com", "password": PASSWORD},
                          headers={"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"})
-        t.assertEqual(r.code, 201, r)
+        t.assertEqual(r.code, 202, r)  # signup_hides_emails (the default): accepted, nobody signed in
 
 
 class SignupModeTests(ApiSuite):
@@ -408,6 +408,22 @@ class SignupModeTests(ApiSuite):
         # A used-up token keeps sign-up token-only (it does not reopen it).
         t.assertEqual((await self.client().sign_up("later@example.com", registrationToken="letmein")).code, 403)
         t.assertEqual((await self.client().sign_up("later@example.com")).code, 403)
+
+    async def test_operator_can_let_sign_up_reveal_emails(self) -> None:
+        """signup_hides_emails=no: upstream's behaviour (201 and signed in, or 409)."""
+        t: Any = self
+        admin = await self.signed_up_admin("admin@example.com")
+        r = await admin.post("admin/set-setting", {"name": "signup_hides_emails", "value": "no"})
+        t.assertEqual(r.code, 200, r)
+        r = await self.client().post("auth/sign-up", {"email": "new@example.com", "password": PASSWORD})
+        t.assertEqual(r.code, 201, r)
+        t.assertIn("account_id", r.json)
+        t.assertTrue(r.set_cookies())
+        r = await self.client().post("auth/sign-up", {"email": "new@example.com", "password": PASSWORD})
+        t.assertEqual((r.code, r.json["error"]), (409, "an account with this email address already exists"))
+        await admin.post("admin/set-setting", {"name": "signup_hides_emails", "value": ""})
+        r = await self.client().post("auth/sign-up", {"email": "new@example.com", "password": PASSWORD})
+        t.assertEqual(r.code, 202, "the default again")
 
     async def test_admin_endpoints(self) -> None:
         t: Any = self

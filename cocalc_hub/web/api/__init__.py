@@ -11,6 +11,7 @@ Errors are JSON with a real HTTP status (upstream answers 200 with ``{error}``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -240,6 +241,9 @@ class ApiResource(HubResource):
                 body = json_response(request, ctx.status, result)
         except (ApiError, AuthError) as e:
             body = json_error(request, e.status, e.message)
+            retry_after = getattr(e, "retry_after", None)
+            if retry_after:
+                request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(retry_after)))
         except DatabaseUnavailable:
             log.failure("database unavailable during {path}", path=request.path)
             body = json_error(request, 503, "the database is unavailable; try again shortly")

@@ -31,8 +31,14 @@ async def _start(ctx: Ctx, sign_in: Any) -> dict[str, Any]:
     return {"account_id": sign_in.account.account_id, "is_admin": sign_in.account.is_admin}
 
 
-@endpoint("v2/auth/sign-up", anonymous=True, success=(201,), errors=(409, 429), summary=(
-    "Create an account and sign it in (sets the session cookies)."), params=(
+HIDDEN_SIGNUP = ("If no account had this email address, one was made with this password: sign in with them. "
+                 "If you already had an account, sign in with its password.")
+
+
+@endpoint("v2/auth/sign-up", anonymous=True, success=(201, 202), errors=(409, 429), summary=(
+    "Create an account and sign it in (sets the session cookies). While the signup_hides_emails "
+    "setting is on (the default) the answer is 202 whether or not the email had an account, and "
+    "nobody is signed in: sign in next."), params=(
     EMAIL, Param("password", description="At least 8 characters.", required=True, format="password"),
     Param("firstName", description="Also first_name."), Param("lastName", description="Also last_name."),
     Param("registrationToken", description="Needed while registration tokens exist (also registration_token).")))
@@ -42,6 +48,9 @@ async def sign_up(ctx: Ctx) -> dict[str, Any]:
         email=_first(ctx, "email", "email_address"), password=ctx.params.get("password"),
         first_name=_first(ctx, "firstName", "first_name"), last_name=_first(ctx, "lastName", "last_name"),
         registration_token=_first(ctx, "registrationToken", "registration_token"), client_ip=ctx.client_ip)
+    if account is None:
+        ctx.status = 202
+        return {"status": "accepted", "message": HIDDEN_SIGNUP}
     ctx.status = 201
     return await _start(ctx, await accounts.start_session(account))
 

@@ -10,7 +10,7 @@ from cocalc_hub.db.store import Conflict
 from cocalc_hub.projects.operations import account_id_param
 from cocalc_hub.web.api import ApiError, Ctx, Param, endpoint
 
-EDITABLE_SETTINGS = ("email_signup", "samesite_remember_me", "site_name")
+EDITABLE_SETTINGS = ("email_signup", "samesite_remember_me", "signup_hides_emails", "site_name")
 PAGE = (Param("limit", "integer", "At most this many (1-1000, default 100)."),
         Param("offset", "integer", "Skip this many (default 0)."))
 ACCOUNT_ID = Param("account_id", description="The account's id.", required=True, format="uuid")

@@ -46,7 +46,15 @@ async function signUp(ui) {
       firstName: values.firstName.trim(), lastName: values.lastName.trim(),
     };
     if (mode.requiresToken) params.registrationToken = values.registrationToken.trim();
-    await ui.api("auth/sign-up", params);
+    const made = await ui.api("auth/sign-up", params);
+    if (!made.account_id) {
+      // The hub does not say whether the email had an account (202): sign in with it.
+      try {
+        await ui.api("auth/sign-in", { email: params.email, password: params.password });
+      } catch (e) {
+        throw new Error(`${made.message} (${e.message})`);
+      }
+    }
     window.location.assign(destination(ui));
   });
 }
