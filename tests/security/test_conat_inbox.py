@@ -1,9 +1,8 @@
 """Attacker: a conat client that answers some of the victim's requests and wants to answer
-others too. Anyone may publish to any ``_INBOX.…`` (upstream's rule, which the upstream
-clients rely on), and a responder sees the requester's reply subject, hence its inbox; so
-what keeps a spoofed reply out of the victim's next request is that its reply subject
-cannot be guessed: the hub's clients put at least 128 random bits into the inbox and as
-many into every reply id.
+others too. Upstream lets anyone publish to any ``_INBOX.…``; here a client may publish to
+another's inbox only on the reply subject of a request delivered to it. And since a
+responder sees the requester's reply subject, hence its inbox, the hub's clients also put
+at least 128 random bits into the inbox and as many into every reply id.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.client import connect
+from cocalc_hub.conat.errors import ConatError
 from tests.support import settings_for, start_hub, until
 from tests.web.api_client import ApiClient
 
@@ -35,7 +35,9 @@ def bits(token: str) -> float:
 class InboxSpoofingTests(unittest.TestCase):
     timeout = 60
 
-    async def test_reply_subjects_cannot_be_guessed_by_a_responder(self) -> None:
+    async def setup_pair(self) -> tuple[Any, Any, str, str, list[str]]:
+        """victim (alice) and attacker (mallory), collaborators on one project, mallory serving
+        ``project.<id>.helper`` and recording the reply subjects; alice has called it 20 times."""
         hub = start_hub(self, settings_for(self.mktemp()))
         pool = HTTPConnectionPool(reactor, persistent=False)
         victim, attacker = ApiClient(hub.base, pool), ApiClient(hub.base, pool)
@@ -63,6 +65,10 @@ class InboxSpoofingTests(unittest.TestCase):
         for _ in range(20):
             self.assertEqual(await alice.call(f"project.{project}.helper", "call"), "ok")
         await until(lambda: len(seen) == 20, what="the attacker's service to see 20 requests")
+        return alice, mallory, project, victim_id, seen
+
+    async def test_reply_subjects_cannot_be_guessed_by_a_responder(self) -> None:
+        _, _, _, victim_id, seen = await self.setup_pair()
         prefix = f"_INBOX.account-{victim_id}."
         inboxes = set()
         for subject in seen:
@@ -73,3 +79,15 @@ class InboxSpoofingTests(unittest.TestCase):
             self.assertGreaterEqual(bits(reply), 128, f"reply id {reply!r} is guessable")
         self.assertEqual(len(inboxes), 1)
         self.assertEqual(len(set(seen)), 20)
+
+
+    async def test_spoofed_reply_is_refused(self) -> None:
+        alice, mallory, project, victim_id, seen = await self.setup_pair()
+        inbox = seen[0].rsplit(".", 1)[0]
+        # A reply to a request nobody gave the attacker is refused, even at the right inbox.
+        for spoof in (f"{inbox}.{'0' * 32}", f"_INBOX.account-{victim_id}.x.y"):
+            with self.assertRaises(ConatError) as refused:
+                await mallory.publish(spoof, "forged")
+            self.assertEqual(refused.exception.code, 403, spoof)
+        # Answering what it was asked still works (the service above did, 20 times).
+        self.assertEqual(await alice.call(f"project.{project}.helper", "call"), "ok")
