@@ -55,10 +55,11 @@ class Proxy:
 
     def response_headers(self, hdrs: Headers, port: int, prefix: bytes | None,
                          keep: frozenset[bytes] = frozenset(), own_host: bytes | None = None,
-                         secure: bool = False) -> list[bytes]:
+                         secure: bool = False, status: int = 302) -> list[bytes]:
         """Raises headers.OffSite for a redirect to another site."""
         return headers.response_headers(hdrs, reserved=self.names.is_reserved, backend_port=port,
-                                        public_prefix=prefix, keep=keep, own_host=own_host, secure=secure)
+                                        public_prefix=prefix, keep=keep, own_host=own_host, secure=secure,
+                                        status=status)
 
     def clean_query(self, query: bytes) -> bytes:
         """The query string without parameters that carry a hub credential."""

@@ -101,10 +101,11 @@ def request_headers(headers: Headers, *, reserved: Callable[[str], bool], hub_se
 
 def response_headers(headers: Headers, *, reserved: Callable[[str], bool], backend_port: int,
                      public_prefix: bytes | None, keep: frozenset[bytes] = frozenset(),
-                     own_host: bytes | None = None, secure: bool = False) -> list[bytes]:
+                     own_host: bytes | None = None, secure: bool = False, status: int = 302) -> list[bytes]:
     """Header lines for the client. ``public_prefix`` is set for routes that strip a prefix;
     ``own_host`` is the Host the browser asked for (absolute redirects to it are fine).
-    Raises OffSite for a redirect elsewhere."""
+    Raises OffSite for a redirect elsewhere (``Location`` of a 3xx, which is all a browser
+    follows, or ``Refresh``)."""
     drop = (HOP_BY_HOP | _named_by_connection(headers)) - keep
     out: list[bytes] = []
     for key, value in headers:
@@ -116,7 +117,7 @@ def response_headers(headers: Headers, *, reserved: Callable[[str], bool], backe
                 continue
         elif key == b"location":
             value = rewrite_location(value, backend_port, public_prefix)
-            if not stays_on_site(value, own_host, secure):
+            if 300 <= status < 400 and not stays_on_site(value, own_host, secure):
                 raise OffSite("location")
         elif key == b"refresh":
             url = refresh_url(value)

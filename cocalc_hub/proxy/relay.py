@@ -222,7 +222,8 @@ class Exchange:
     def _head_bytes(self, resp: ResponseHead, *, informational: bool = False,
                     keep: frozenset[bytes] = frozenset()) -> bytes:
         proxy = self.proxy
-        lines = proxy.response_headers(resp.headers, self.port, self.prefix, keep, self.own_host, self.secure)
+        lines = proxy.response_headers(resp.headers, self.port, self.prefix, keep, self.own_host, self.secure,
+                                       resp.status)
         status = b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"")
         if not informational and resp.status != 101:
             client_11 = self.req.version == b"HTTP/1.1"

@@ -50,7 +50,8 @@ class OffSiteRedirectTests(unittest.TestCase):
         prefix = f"{h.path_base}/{h.a}/server/{h.port_a}"
         for route in ("server", "port"):
             for target in OFF_SITE:
-                for status, header in ((302, "Location"), (301, "Location"), (200, "Refresh")):
+                for status, header in ((302, "Location"), (301, "Location"), (303, "Location"), (307, "Location"),
+                                       (308, "Location"), (200, "Refresh")):
                     value = target if header == "Location" else f"0; url={target}"
                     code, headers = await self.respond(h, route, f"{header}: {value}", status)
                     given = headers.get(header.lower())
@@ -73,3 +74,6 @@ class OffSiteRedirectTests(unittest.TestCase):
         for route, location, expected in stays:
             code, headers = await self.respond(h, route, f"Location: {location}")
             self.assertEqual((code, headers.get("location")), (302, expected), location)
+        # A Location a browser does not follow (201 Created) is left alone.
+        code, headers = await self.respond(h, "port", "Location: https://storage.example/obj/1", 201)
+        self.assertEqual((code, headers.get("location")), (201, "https://storage.example/obj/1"))
