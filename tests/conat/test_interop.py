@@ -467,7 +467,7 @@ class CrossClientTests(unittest.TestCase):
         ])
         # the requests node answered carried the Python client's reply subject
         self.assertEqual(len(r["echoed"]), 2)
-        reply_pattern = "^" + re.escape(client.inbox or "?") + r"\.[A-Za-z0-9]{10}$"
+        reply_pattern = "^" + re.escape(client.inbox or "?") + r"\.[0-9a-f]{32}$"  # 128 random bits
         for echoed, (raw, encoding) in zip(r["echoed"], [(b'{"ping":1}', JSON),
                                                          (msgpack.packb("ping"), MSGPACK)], strict=True):
             self.assertEqual(list(echoed["headers"]), ["CN-Reply"])

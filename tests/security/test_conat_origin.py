@@ -70,3 +70,17 @@ class ConatOriginTests(unittest.TestCase):
             with self.assertRaises(SettingsError) as caught:
                 settings_for(self.mktemp(), {"conat-allowed-origins": bad})
             self.assertTrue(str(caught.exception).startswith("--conat-allowed-origins: "), str(caught.exception))
+
+    async def test_forwarding_process_checks_origin_too(self) -> None:
+        """Split processes: the web process forwards /conat/ to the broker. It refuses a
+        foreign page's upgrade itself, and a same-site one still reaches the broker (which
+        compares Origin with its own address, so the web process does not pass it on)."""
+        tmp = self.mktemp()
+        broker = start_hub(self, settings_for(tmp, {"conat-server": True}))
+        web = start_hub(self, settings_for(tmp, {"proxy-server": True}, {"CONAT_SERVER": broker.root}))
+        c = ApiClient(web.base, HTTPConnectionPool(reactor, persistent=False))
+        self.assertEqual((await c.sign_up("victim@example.com")).code, 201)
+        session = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+        self.assertEqual(await self.status(web.port, session, "https://evil.example"), 403)
+        self.assertEqual(await self.status(web.port, session, "http://hub.test"), 101)
+        self.assertEqual(await self.status(broker.port, session, "https://evil.example"), 403)
