@@ -49,6 +49,9 @@ class Options(usage.Options):
         ["conat-max-connections", None, None, "Conat connections this broker accepts (default 10000)."],
         ["conat-max-connections-per-user", None, None, "Conat connections per account, project or hub "
                                                        "(default 100)."],
+        ["conat-allowed-origins", None, None, "Origins (https://host[:port], comma-separated) besides the hub's "
+                                              "own whose pages may open a conat WebSocket with a browser's "
+                                              "session cookie. Env: COCALC_CONAT_ALLOWED_ORIGINS."],
         ["persist-storage", None, None, "Where persist streams live: sqlite (default; a file per stream under "
                                         "COCALC_SYNC or DATA/sync), memory, postgres (the hub's database) or a "
                                         "postgresql:// URL. Env: COCALC_PERSIST_STORAGE."],

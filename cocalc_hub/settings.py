@@ -81,6 +81,9 @@ class Settings:
     """Address of the conat broker when this process does not run it (CONAT_SERVER)."""
     conat_max_connections: int = 10000
     conat_max_connections_per_user: int = 100
+    conat_allowed_origins: frozenset[str] = frozenset()
+    """Origins besides the hub's own whose pages may open a conat WebSocket with a browser's
+    session cookie (normalised ``scheme://host[:port]``)."""
     persist_storage: str = "sqlite"
     """Where persist streams live: 'sqlite' (a file per stream), 'memory' or 'postgres'."""
     persist_database: str = ""
@@ -340,6 +343,20 @@ def conat_server_setting(env: Mapping[str, str], parts: frozenset[str]) -> str |
     return raw.rstrip("/")
 
 
+def allowed_origins_setting(options: Mapping[str, Any], env: Mapping[str, str]) -> frozenset[str]:
+    """--conat-allowed-origins / COCALC_CONAT_ALLOWED_ORIGINS: origins separated by commas or spaces."""
+    from cocalc_hub.web.origins import BadOrigin, parse_allowed_origins
+
+    raw = options.get("conat-allowed-origins")
+    setting = "--conat-allowed-origins"
+    if raw is None:
+        raw, setting = env.get("COCALC_CONAT_ALLOWED_ORIGINS", ""), "COCALC_CONAT_ALLOWED_ORIGINS"
+    try:
+        return parse_allowed_origins(str(raw))
+    except BadOrigin as e:
+        raise SettingsError(setting, str(e)) from None
+
+
 def _flag(options: Mapping[str, Any], name: str) -> bool:
     return bool(options.get(name))
 
@@ -501,6 +518,7 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         conat_server=conat_server,
         conat_max_connections=_count(options, "conat-max-connections", 10000, 1, 10 ** 6),
         conat_max_connections_per_user=_count(options, "conat-max-connections-per-user", 100, 1, 10 ** 6),
+        conat_allowed_origins=allowed_origins_setting(options, env),
         persist_storage=persist_storage,
         persist_database=persist_database,
         sync_dir=sync_dir,

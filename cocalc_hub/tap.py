@@ -47,6 +47,7 @@ from cocalc_hub.web.errors import ErrorResource
 from cocalc_hub.web.files import GzipCache
 from cocalc_hub.web.health import AliveResource, Health, HealthcheckResource, Status
 from cocalc_hub.web.metrics import HubMetrics, MetricsResource
+from cocalc_hub.web.origins import OriginPolicy
 from cocalc_hub.web.pages import SEGMENTS as PAGE_SEGMENTS
 from cocalc_hub.web.pages import PagesResource
 from cocalc_hub.web.site import HubSite, ListenError, Router, WebService
@@ -282,13 +283,24 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
 
     return Proxy(reactor=reactor, base_path=settings.base_path, access=access, manager=hub.projects.manager,
                  names=auth.names, hub_secret=auth.auth.hub_password, trust_proxy=settings.trust_proxy,
+                 system_secret=auth.auth.system_password,
                  timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
+
+
+def origin_policy(settings: Settings) -> OriginPolicy:
+    """Who may open a conat WebSocket with a browser's session cookie (cocalc_hub.web.origins)."""
+    return OriginPolicy(settings.conat_allowed_origins, trust_proxy=settings.trust_proxy)
 
 
 def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
     """What ``BASE_PATH/conat/`` is in a process without the broker: a splice to CONAT_SERVER."""
     if settings.conat_server:
-        return ConatForwardResource(reactor, settings.conat_server, trust_proxy=settings.trust_proxy)
+        from cocalc_hub.auth.cookies import CookieNames
+        from cocalc_hub.conat.server import OriginCheck
+
+        names = CookieNames.for_base_path(settings.base_path, settings.remember_me_cookie_name)
+        return ConatForwardResource(reactor, settings.conat_server, trust_proxy=settings.trust_proxy,
+                                    admit=OriginCheck(names, origin_policy(settings)))
     log.warn("this hub process does not run the conat broker and CONAT_SERVER is not set: "
              "clients connecting to {path} get 503", path=settings.path("/conat/"))
     return ErrorResource(503, "This hub process does not run conat and CONAT_SERVER is not set.")
@@ -300,7 +312,7 @@ def build_conat(settings: Settings, hub: HubService, reactor: Any) -> ConatServe
     config = BrokerConfig(max_connections=settings.conat_max_connections,
                           max_connections_per_user=settings.conat_max_connections_per_user)
     server = ConatServer(reactor, auth=hub.auth.auth, names=hub.auth.names, store=hub.store, config=config,
-                         trust_proxy=settings.trust_proxy)
+                         trust_proxy=settings.trust_proxy, origins=origin_policy(settings))
     hub.projects.listeners.append(server.project_changed)
     return server
 

@@ -3,13 +3,22 @@
 Names carry the base path as a prefix (``encodeURIComponent(BASE_PATH)``) unless the base
 path is ``/``; the remember_me name can be overridden verbatim with
 ``COCALC_REMEMBER_ME_COOKIE_NAME`` (two installs on one host would otherwise share it).
+
+The cookies the hub puts in browsers (remember_me, account_id, csrf_token) take the
+strongest form the request allows: over HTTPS they are named ``__Host-<name>`` (so the
+browser keeps them ``Secure``, host-only and ``Path=/``, and nobody on a sibling host or on
+plain HTTP can plant or overwrite them), over plain HTTP they keep their name and get
+``Path=BASE_PATH``. On an HTTPS request only the ``__Host-`` form of those three is read
+(see :meth:`CookieNames.effective`). Cookies that non-browser clients send themselves
+(api_key, hub_password, project_id/project_secret, sys) keep upstream's names.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import quote, unquote
@@ -17,6 +26,12 @@ from urllib.parse import quote, unquote
 from cocalc_hub.auth.passwords import LegacyHashError, legacy_digest, parse_legacy
 
 REMEMBER_ME_TTL = timedelta(days=180)
+HOST_PREFIX = "__Host-"
+_COOKIE_PREFIXES = ("__host-", "__secure-")
+# The hub's cookie names without a base-path prefix (any name ending in one is the hub's).
+HUB_SUFFIXES = ("remember_me", "api_key", "hub_password", "project_secret", "project_id", "csrf_token",
+                "account_id", "cocalc_version")
+_CTL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F))
 SAMESITE_VALUES = ("strict", "lax", "none")
 # Hash stored in remember_me.hash: the first 127 characters of algorithm$salt$iterations$hex.
 SESSION_HASH_LENGTH = 127
@@ -59,12 +74,66 @@ class CookieNames:
         return frozenset({self.remember_me, self.api_key, self.project_secret, self.hub_password, self.sys})
 
     def is_reserved(self, name: str) -> bool:
-        """Cookies a project must never see or set: ours under any base-path prefix."""
-        if name in self.secret_names() or name in (self.account_id, self.csrf, self.version, self.project_id):
-            return True
-        lowered = name.lower()
-        return lowered.endswith(("remember_me", "api_key", "hub_password", "project_secret", "csrf_token",
-                                 "account_id", "cocalc_version"))
+        """Cookies a project must never see or set: ours under any base-path prefix, in any
+        case, with or without a ``__Host-``/``__Secure-`` prefix, quotes or blanks around."""
+        bare = _bare_name(name)
+        if not bare:
+            return False
+        ours = {n.lower() for n in (*self.secret_names(), self.account_id, self.csrf, self.version, self.project_id)}
+        return bare in ours or bare.endswith(HUB_SUFFIXES)
+
+    def browser(self, secure: bool) -> CookieNames:
+        """The names the hub writes into a browser over this scheme (``__Host-`` over HTTPS)."""
+        if not secure:
+            return self
+        return replace(self, remember_me=HOST_PREFIX + self.remember_me, account_id=HOST_PREFIX + self.account_id,
+                       csrf=HOST_PREFIX + self.csrf)
+
+    def effective(self, cookies: Mapping[str, str], secure: bool) -> dict[str, str]:
+        """The request's cookies as the hub reads them, under the plain names: a browser
+        cookie's ``__Host-`` form wins, and over HTTPS its plain form is ignored (a plain
+        one could have been planted from plain HTTP or a sibling host)."""
+        out = dict(cookies)
+        for name in (self.remember_me, self.account_id, self.csrf):
+            prefixed = out.pop(HOST_PREFIX + name, None)
+            if secure:
+                out.pop(name, None)
+            if prefixed is not None:
+                out[name] = prefixed
+        return out
+
+
+def _bare_name(name: str) -> str:
+    """A cookie name reduced to what could collide with ours: lower case, without blanks,
+    quotes and ``__Host-``/``__Secure-`` prefixes."""
+    bare = name.strip().strip('"').strip().lower()
+    while bare.startswith(_COOKIE_PREFIXES):
+        bare = bare.split("-", 1)[1].strip()
+    return bare
+
+
+def set_cookie_names(value: bytes | str) -> list[str] | None:
+    """The cookie names a browser (RFC 6265bis) or a lenient client could take from one
+    Set-Cookie value, as the hub would read them back; None if a browser ignores the value.
+
+    A nameless cookie (``=remember_me=x`` or ``remember_me``) is sent back as its bare value,
+    i.e. as ``remember_me=x``, so its name is what precedes ``=`` in the value. Clients that
+    split a header on commas are covered by also naming every comma-separated piece."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if any(c in _CTL for c in value):
+        return None
+    names = []
+    for piece in [value, *value.split(",")[1:]]:
+        pair = piece.split(";", 1)[0]
+        name, sep, rest = pair.partition("=")
+        name = name.strip(" \t")
+        if not sep:
+            name, rest = "", name
+        if not name:
+            name = rest.strip(" \t").partition("=")[0].strip(" \t")
+        names.append(name)
+    return names
 
 
 def parse_cookie_header(header: bytes | str | None) -> dict[str, str]:
@@ -142,7 +211,14 @@ def set_cookie(name: str, value: str, *, expires: datetime | None, max_age: int 
     return "; ".join(parts).encode("latin-1")
 
 
-def clear_cookie(name: str, *, secure: bool = False) -> bytes:
+def clear_cookie(name: str, *, secure: bool = False, path: str = "/") -> bytes:
     extra = "; Secure" if secure else ""
-    return f"{name}=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0{extra}".encode("latin-1")
+    return f"{name}=; Path={path}; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0{extra}".encode("latin-1")
+
+
+def browser_cookie_path(secure: bool, base_path: str) -> str:
+    """``Path`` of the hub's browser cookies: ``/`` for ``__Host-`` names (the prefix demands
+    it), else the base path (a second install on the same host under another path never
+    receives them)."""
+    return "/" if secure else base_path
 

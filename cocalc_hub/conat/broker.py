@@ -304,6 +304,7 @@ class Broker:
         if not interests:
             return 0
         msg = Routed(subject, mid, seq, done, encoding, raw, headers, headers_json)
+        reply = headers.get("CN-Reply") if headers else None
         single = seq == 0 and bool(done)
         count = 0
         deliveries = 0
@@ -317,6 +318,7 @@ class Broker:
                 else:
                     target = self._sticky(conn, mid, interest, queue, members, bool(done))
                 target.conn.deliver(target, msg)
+                target.conn.may_answer(reply)
                 deliveries += 1
                 if not interest.silent:
                     count += 1

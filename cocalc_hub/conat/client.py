@@ -54,6 +54,12 @@ __all__ = ["JSON", "MSGPACK", "Client", "ConatError", "Message", "Replies", "Sub
 log = Logger()
 
 ID_BATCH = 256
+INBOX_ID_LENGTH = 22
+"""Characters of an inbox's random part (62 symbols each: 131 bits). Every responder sees a
+requester's inbox, so what keeps a spoofed reply out is the randomness of the reply id."""
+REPLY_ID_HEX = 32
+"""Hex digits of a reply id (128 bits): nobody who has not seen a request can guess where
+its reply goes, even knowing the requester's inbox."""
 
 class _ServerSub:
     """One server-side subscription (a pattern), shared by local Subscription objects."""
@@ -181,7 +187,7 @@ class Client:
         self.info = info
         self.error = None
         if first:
-            self.inbox = f"{self.inbox_prefix or default_inbox_prefix(user)}.{random_id()}"
+            self.inbox = f"{self.inbox_prefix or default_inbox_prefix(user)}.{random_id(INBOX_ID_LENGTH)}"
             self._subs[f"{self.inbox}.*"] = _ServerSub(f"{self.inbox}.*", random_id())
         self._notify("info", info)
         for d in self._drain(self._signin_waiters):
@@ -296,15 +302,16 @@ class Client:
             out.append(chunk)
         return out
 
-    def _next_id(self) -> str:
-        """A message or reply id: 10 hex digits (the shape of upstream's 10 alphanumerics).
-        Responders see our reply subjects, so the ids come from os.urandom, not from the
-        predictable ``random`` module; drawn 256 at a time, since this runs for every message."""
-        if self._id_pos >= len(self._id_pool):
+    def _next_id(self, digits: int = 10) -> str:
+        """A message id (10 hex digits, the shape of upstream's 10 alphanumerics) or a reply id
+        (REPLY_ID_HEX digits). Responders see our reply subjects, so the ids come from
+        os.urandom, not from the predictable ``random`` module; drawn in batches, since this
+        runs for every message."""
+        if self._id_pos + digits > len(self._id_pool):
             self._id_pool, self._id_pos = urandom(ID_BATCH * 5).hex(), 0
         start = self._id_pos
-        self._id_pos += 10
-        return self._id_pool[start:start + 10]
+        self._id_pos += digits
+        return self._id_pool[start:start + digits]
 
     def _prepare(self, subject: str, data: Any, raw: bytes | None, encoding: int,
                  headers: dict[str, Any] | None) -> list[list[Any]]:
@@ -481,7 +488,7 @@ class Client:
                        headers: dict[str, Any] | None, timeout: float) -> Deferred[Message]:
         """:meth:`request` once the inbox is live: the same answers as :meth:`_request`
         with one timer and no coroutines (the path every persist command takes)."""
-        reply = f"{self.inbox}.{self._next_id()}"
+        reply = f"{self.inbox}.{self._next_id(REPLY_ID_HEX)}"
         try:
             chunks = self._prepare(subject, data, raw, encoding, {**(headers or {}), "CN-Reply": reply})
         except ConatError as e:
@@ -572,7 +579,7 @@ class Client:
                            max_wait: float = DEFAULT_TIMEOUT, max_messages: int | None = None) -> Replies:
         """Publish a request and iterate over every reply until ``max_messages`` or ``max_wait``."""
         inbox = await self._inbox_ready()
-        reply = f"{inbox}.{self._next_id()}"
+        reply = f"{inbox}.{self._next_id(REPLY_ID_HEX)}"
         replies = Replies(self, reply, max_messages)
         self._replies[reply] = replies._push
         self._open_replies.add(replies)

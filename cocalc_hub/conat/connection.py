@@ -9,7 +9,7 @@ at most once however many subscribers receive it.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,10 @@ class Interest:
         self.silent = pattern == ">"
 
 
+MAX_REPLIES = 10000
+"""Reply subjects remembered per connection (requests it may still answer)."""
+
+
 class Connection:
     """A client of the broker; subclasses say how events reach it."""
 
@@ -128,6 +132,9 @@ class Connection:
         self.sticky: dict[tuple[Any, int, str], Subscription] = {}
         self.pub_cache: dict[str, tuple[bool, int]] = {}
         self.sub_cache: dict[str, tuple[bool, int]] = {}
+        self.replies: OrderedDict[str, None] = OrderedDict()
+        """Reply subjects (``CN-Reply``) of requests delivered here: the only other clients'
+        inboxes this client may publish to (at most MAX_REPLIES, newest kept)."""
         now = time.time()
         self.stats: dict[str, Any] = {
             "send": {"messages": 0, "bytes": 0}, "recv": {"messages": 0, "bytes": 0}, "subs": 0,
@@ -189,6 +196,10 @@ class Connection:
         assert user is not None
         if user.is_hub:
             return True
+        if kind == PUB and subject.startswith("_INBOX."):
+            # Upstream lets anyone publish to any inbox; here only to one's own, or as the
+            # answer to a request this connection was given (no spoofed replies).
+            return subject.startswith(f"_INBOX.{user.kind}-{user.id}.") or subject in self.replies
         perms = self.broker.permissions
         cache = self.pub_cache if kind == PUB else self.sub_cache
         hit = cache.get(subject)
@@ -208,6 +219,15 @@ class Connection:
             return ok
 
         return verdict.addCallback(remember)
+
+    def may_answer(self, reply: Any) -> None:
+        """A request with this reply subject was delivered here."""
+        if isinstance(reply, str) and self.user is not None and not self.user.is_hub:
+            replies = self.replies
+            replies[reply] = None
+            replies.move_to_end(reply)
+            if len(replies) > MAX_REPLIES:
+                replies.popitem(last=False)
 
     def forget_cache(self) -> None:
         self.pub_cache.clear()

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cocalc_hub.auth.caller import CONAT, Authenticator, Caller
-from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header
+from cocalc_hub.auth.cookies import HOST_PREFIX, CookieNames, parse_cookie_header
 from cocalc_hub.conat.broker import Broker, BrokerConfig
 from cocalc_hub.conat.connection import Connection, Subscription
 from cocalc_hub.conat.errors import ConatError
@@ -24,7 +24,8 @@ from cocalc_hub.conat.local import LocalConnection
 from cocalc_hub.conat.permissions import HUB_USER, SUB, SYSTEM_USER, Permissions, User, account_user, project_user
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
 from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
-from cocalc_hub.web.request import client_ip, is_secure
+from cocalc_hub.web.origins import OriginPolicy
+from cocalc_hub.web.request import client_ip, is_secure, printable
 
 log = Logger()
 
@@ -102,7 +103,8 @@ class ConatAuth:
     async def __call__(self, handshake: Handshake) -> User | ConatError:
         if b"cookie" not in handshake.headers:
             return ConatError(f"no auth cookie set; set one of {self._names()}")
-        caller = await self.auth.identify(handshake.cookies, None, CONAT)
+        cookies = self.names.effective(handshake.cookies, handshake.secure)
+        caller = await self.auth.identify(cookies, None, CONAT)
         if caller.error is not None:
             return ConatError(caller.error, 429 if caller.code == 429 else None)
         user = user_of(caller)
@@ -122,12 +124,32 @@ def handshake_from(request: IRequest, trust_proxy: bool) -> Handshake:
                      secure=is_secure(request, trust_proxy), path=request.path.decode("latin-1"))  # type: ignore[arg-type]
 
 
+class OriginCheck:
+    """Refuses a WebSocket upgrade carrying a browser session cookie from another site's page
+    (see :mod:`cocalc_hub.web.origins`)."""
+
+    def __init__(self, names: CookieNames, policy: OriginPolicy) -> None:
+        self.names = names
+        self.policy = policy
+
+    def __call__(self, request: IRequest) -> str | None:
+        cookies = parse_cookie_header(b"; ".join(request.requestHeaders.getRawHeaders(b"cookie") or []))
+        name = self.names.remember_me
+        if not (cookies.get(name) or cookies.get(HOST_PREFIX + name)):
+            return None
+        origin = self.policy.foreign(request)  # type: ignore[arg-type]
+        if origin is None:
+            return None
+        log.info("conat: refused a session-cookie WebSocket from origin {origin}", origin=printable(origin, 200))
+        return "a session cookie is only accepted from this site's own pages (see --conat-allowed-origins)"
+
+
 class ConatServer:
     """Broker + transport + auth wiring for one hub process."""
 
     def __init__(self, reactor: Any, *, auth: Authenticator | None, names: CookieNames | None,
                  store: Any = None, config: BrokerConfig | None = None, engine: EngineOptions | None = None,
-                 trust_proxy: bool = False, membership_ttl: float = 5.0) -> None:
+                 trust_proxy: bool = False, membership_ttl: float = 5.0, origins: OriginPolicy | None = None) -> None:
         self.reactor = reactor
         self.auth = auth
         self.names = names
@@ -139,7 +161,10 @@ class ConatServer:
                                        ttl=membership_ttl)
         self.broker = Broker(reactor, authenticate=authenticate, permissions=self.permissions, config=config)
         self.engine = EngineFactory(BrokerHandler(self.broker), reactor, engine)
-        self.resource = EngineResource(self.engine, lambda request: handshake_from(request, self.trust_proxy))
+        policy = origins if origins is not None else OriginPolicy(trust_proxy=trust_proxy)
+        self.origin_check = OriginCheck(names, policy) if names is not None else None
+        self.resource = EngineResource(self.engine, lambda request: handshake_from(request, self.trust_proxy),
+                                       admit=self.origin_check)
         if auth is not None:
             auth.revocations.append(self.credentials_changed)
 

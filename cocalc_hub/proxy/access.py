@@ -33,6 +33,8 @@ Ports = dict[int, str]
 
 
 T = TypeVar("T")
+_Key = tuple[bytes | None, bytes | None, str, bool]
+"""(Cookie header, Authorization header, project id, whether the browser used HTTPS)."""
 
 
 def _follow(source: defer.Deferred[T]) -> defer.Deferred[T]:
@@ -68,23 +70,25 @@ class ProxyAccess:
         self.names = names
         self.clock = clock
         self.ttl = ttl
-        self._decisions: OrderedDict[tuple[bytes | None, bytes | None, str], tuple[float, Decision]] = OrderedDict()
-        self._pending: dict[tuple[bytes | None, bytes | None, str], defer.Deferred[Decision]] = {}
+        self._decisions: OrderedDict[_Key, tuple[float, Decision]] = OrderedDict()
+        self._pending: dict[_Key, defer.Deferred[Decision]] = {}
         self._ports: dict[str, tuple[float, Ports]] = {}
         self._reading: dict[str, defer.Deferred[Ports]] = {}
 
-    def cached(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision | None:
+    def cached(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
+               secure: bool = False) -> Decision | None:
         """The decision if it is fresh (the proxy's fast path never awaits)."""
-        hit = self._decisions.get((cookie, authorization, project_id))
+        hit = self._decisions.get((cookie, authorization, project_id, secure))
         if hit is not None and hit[0] > self.clock.seconds():
             return hit[1]
         return None
 
-    async def authorize(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision:
-        hit = self.cached(cookie, authorization, project_id)
+    async def authorize(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
+                        secure: bool = False) -> Decision:
+        hit = self.cached(cookie, authorization, project_id, secure)
         if hit is not None:
             return hit
-        key = (cookie, authorization, project_id)
+        key = (cookie, authorization, project_id, secure)
         pending = self._pending.get(key)
         if pending is None:
             # Concurrent requests with the same credentials share one decision.
@@ -93,11 +97,11 @@ class ProxyAccess:
             pending.addBoth(self._settled, key)
         return await _follow(pending)
 
-    def _settled(self, result: Any, key: tuple[bytes | None, bytes | None, str]) -> Any:
+    def _settled(self, result: Any, key: _Key) -> Any:
         self._pending.pop(key, None)
         return result
 
-    async def _decide_and_cache(self, key: tuple[bytes | None, bytes | None, str]) -> Decision:
+    async def _decide_and_cache(self, key: _Key) -> Decision:
         decision = await self._decide(*key)
         self._decisions[key] = (self.clock.seconds() + self.ttl, decision)
         self._decisions.move_to_end(key)
@@ -105,8 +109,10 @@ class ProxyAccess:
             self._decisions.popitem(last=False)
         return decision
 
-    async def _decide(self, cookie: bytes | None, authorization: bytes | None, project_id: str) -> Decision:
-        caller = await self.auth.identify(parse_cookie_header(cookie), authorization, HTTP)
+    async def _decide(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
+                      secure: bool) -> Decision:
+        cookies = self.names.effective(parse_cookie_header(cookie), secure)
+        caller = await self.auth.identify(cookies, authorization, HTTP)
         stripped = strip_cookies(cookie, self.names.is_reserved) if cookie else b""
         cookie_out = stripped or None
         if caller.error is not None:

@@ -6,10 +6,16 @@ base path), ``Host`` and the ``X-Forwarded-*`` headers; cookies are kept, becaus
 are the credentials the broker signs clients in with. After that the two connections are
 spliced byte for byte, each side pausing the other when its buffers fill. Run the broker
 with ``--trust-proxy`` so it believes the forwarded client address.
+
+An upgrade with a browser session cookie from another site's page is refused here (403,
+as the broker would: see :mod:`cocalc_hub.web.origins`); once this process has checked
+``Origin`` against the host the browser used, it does not forward the header, since the
+broker would compare it with its own address.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +29,7 @@ from cocalc_hub.web.request import HubRequest, client_ip, is_secure
 
 log = Logger()
 
-HOP_BY_HOP = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+HOP_BY_HOP = frozenset({b"host", b"origin", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
                         b"x-real-ip", b"content-length", b"transfer-encoding"})
 MAX_EARLY = 1 << 20
 """Bytes a client may send before the broker connection is up."""
@@ -113,7 +119,8 @@ class ConatForwardResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, address: str, *, trust_proxy: bool = False, verify_tls: bool = True) -> None:
+    def __init__(self, reactor: Any, address: str, *, trust_proxy: bool = False, verify_tls: bool = True,
+                 admit: Callable[[Any], str | None] | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.address = address
@@ -126,6 +133,7 @@ class ConatForwardResource(Resource):
         self.host_header = url.netloc.encode("idna") if url.netloc else self.host.encode()
         self.trust_proxy = trust_proxy
         self.verify_tls = verify_tls
+        self.admit = admit
 
     def _endpoint(self) -> Any:
         endpoint: Any = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=10)
@@ -142,6 +150,9 @@ class ConatForwardResource(Resource):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade != b"websocket" or request.method != b"GET":
             return EngineResource._error(request, 3, "Bad request")
+        refused = self.admit(request) if self.admit is not None else None
+        if refused is not None:
+            return EngineResource._error(request, 4, f"Forbidden: {refused}", status=403)
         rest = getattr(request, "mount_rest", b"/") or b"/"
         query = request.uri.partition(b"?")[2]
         target = self.base + b"/conat" + rest + (b"?" + query if query else b"")

@@ -14,7 +14,8 @@ from cocalc_hub.projects.manager import ProjectManager
 from cocalc_hub.proxy import headers
 from cocalc_hub.proxy.access import ProxyAccess
 from cocalc_hub.proxy.backend import BackendConnection, BackendPool, Target
-from cocalc_hub.proxy.http1 import Headers
+from cocalc_hub.proxy.credentials import CredentialFinder
+from cocalc_hub.proxy.http1 import Headers, RequestHead
 from cocalc_hub.proxy.parse import Route, parse_route
 
 log = Logger()
@@ -23,7 +24,8 @@ log = Logger()
 class Proxy:
     def __init__(self, *, reactor: Any, base_path: str, access: ProxyAccess, manager: ProjectManager,
                  names: CookieNames, hub_secret: str | None, trust_proxy: bool, timeout: float,
-                 hub_ports: Callable[[], set[int]], csrf_token: Callable[[str], str] | None = None) -> None:
+                 hub_ports: Callable[[], set[int]], csrf_token: Callable[[str], str] | None = None,
+                 system_secret: str | None = None) -> None:
         self.reactor = reactor
         self.base = b"" if base_path == "/" else base_path.encode("ascii")
         self.base_path = base_path
@@ -31,6 +33,7 @@ class Proxy:
         self.manager = manager
         self.names = names
         self.hub_secret = hub_secret.encode() if hub_secret else None
+        self.credentials = CredentialFinder([hub_secret, system_secret])
         self.trust_proxy = trust_proxy
         self.timeout = timeout
         self.hub_ports = hub_ports
@@ -62,7 +65,7 @@ class Proxy:
     def request_headers(self, hdrs: Headers, *, cookie: bytes | None, client_ip: bytes, secure: bool,
                         prefix: bytes, upgrade: bytes | None, token: bytes | None, chunked: bool) -> list[bytes]:
         lines = headers.request_headers(
-            [(k, v) for k, v in hdrs if k != b"cookie"], reserved=self.names.is_reserved, hub_secret=self.hub_secret,
+            [(k, v) for k, v in hdrs if k != b"cookie"], reserved=self.names.is_reserved, hub_secret=self.credentials,
             trust_proxy=self.trust_proxy, client_ip=client_ip, proto=b"https" if secure else b"http", prefix=prefix,
             upgrade=upgrade, token=token)
         if cookie:
@@ -72,9 +75,33 @@ class Proxy:
         return lines
 
     def response_headers(self, hdrs: Headers, port: int, prefix: bytes | None,
-                         keep: frozenset[bytes] = frozenset()) -> list[bytes]:
+                         keep: frozenset[bytes] = frozenset(), own_host: bytes | None = None,
+                         secure: bool = False, status: int = 302) -> list[bytes]:
+        """Raises headers.OffSite for a redirect to another site."""
         return headers.response_headers(hdrs, reserved=self.names.is_reserved, backend_port=port,
-                                        public_prefix=prefix, keep=keep)
+                                        public_prefix=prefix, keep=keep, own_host=own_host, secure=secure,
+                                        status=status)
+
+    def clean_query(self, query: bytes) -> bytes:
+        """The query string without parameters that carry a hub credential."""
+        return self.credentials.clean_query(query)
+
+    def browser_host(self, req: RequestHead) -> bytes | None:
+        """The host the browser asked for (X-Forwarded-Host only from a trusted proxy)."""
+        if self.trust_proxy:
+            forwarded = req.get(b"x-forwarded-host")
+            if forwarded:
+                return forwarded.split(b",")[0].strip()
+        return req.get(b"host")
+
+    def browser_secure(self, req: RequestHead, transport_secure: bool) -> bool:
+        """Did the browser use HTTPS (TLS here, or X-Forwarded-Proto from a trusted proxy)?"""
+        if transport_secure:
+            return True
+        if self.trust_proxy:
+            proto = req.get(b"x-forwarded-proto")
+            return proto is not None and proto.split(b",")[0].strip().lower() == b"https"
+        return False
 
     def close(self) -> None:
         self.pool.close_all()

@@ -39,15 +39,17 @@ HEAD_TIMEOUT = 30.0
 class _Memo:
     """The last proxied request head on a connection and what it was turned into."""
 
-    __slots__ = ("head", "req", "route", "cookie", "authorization", "decision", "upstream", "backend", "target")
+    __slots__ = ("head", "req", "route", "cookie", "authorization", "secure", "decision", "upstream", "backend",
+                 "target")
 
     def __init__(self, head: bytes, req: RequestHead, route: Route, cookie: bytes | None,
-                 authorization: bytes | None, decision: Decision) -> None:
+                 authorization: bytes | None, secure: bool, decision: Decision) -> None:
         self.head = head
         self.req = req
         self.route = route
         self.cookie = cookie
         self.authorization = authorization
+        self.secure = secure
         self.decision = decision
         self.upstream: bytes | None = None
         self.backend: Target | None = None
@@ -376,14 +378,15 @@ class FrontDoor(protocol.Protocol):
         cookies = [v for k, v in req.headers if k == b"cookie"]
         cookie = b"; ".join(cookies) if cookies else None
         authorization = req.get(b"authorization")
+        secure = proxy.browser_secure(req, self.secure)
         started = time.perf_counter()
-        decision = proxy.access.cached(cookie, authorization, route.project_id)
+        decision = proxy.access.cached(cookie, authorization, route.project_id, secure)
         if decision is not None:
-            self._pending_memo = _Memo(head, req, route, cookie, authorization, decision)
+            self._pending_memo = _Memo(head, req, route, cookie, authorization, secure, decision)
             self._authorized(req, route, decision, started)
             return
         self.pause_reading()
-        d = defer.ensureDeferred(proxy.access.authorize(cookie, authorization, route.project_id))
+        d = defer.ensureDeferred(proxy.access.authorize(cookie, authorization, route.project_id, secure))
         d.addCallback(lambda dec: self._authorized(req, route, dec, started))
         d.addErrback(lambda f: self._internal_error(req, f, started))
 
@@ -458,7 +461,7 @@ class FrontDoor(protocol.Protocol):
                                       secure=self.secure, prefix=route.prefix,
                                       upgrade=b"websocket" if websocket else None,
                                       token=token.encode() if route.kind == "raw" else None, chunked=req.chunked)
-        target = route.upstream_path + req.query
+        target = route.upstream_path + proxy.clean_query(req.query)
         head = req.method + b" " + target + b" HTTP/1.1\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
         memo = self._pending_memo
         if memo is not None and memo.req is req and not websocket and not req.length and not req.chunked:
@@ -476,7 +479,7 @@ class FrontDoor(protocol.Protocol):
         if proxy is None or memo.upstream is None or memo.backend is None:
             return False
         route = memo.route
-        if proxy.access.cached(memo.cookie, memo.authorization, route.project_id) is not memo.decision:
+        if proxy.access.cached(memo.cookie, memo.authorization, route.project_id, memo.secure) is not memo.decision:
             return False
         target = proxy.manager.local_target(route.project_id)
         if route.kind == "raw":
@@ -530,6 +533,7 @@ class FrontDoor(protocol.Protocol):
 
         assert self.proxy is not None
         cookies = parse_cookie_header(b"; ".join(v for k, v in req.headers if k == b"cookie"))
+        cookies = self.proxy.names.effective(cookies, self.proxy.browser_secure(req, self.secure))
         return cookies.get(self.proxy.names.remember_me)
 
     def _respond(self, req: RequestHead, status: int, message: str, started: float, *, close: bool = False,

@@ -2,17 +2,23 @@
 
 Request side: hop-by-hop headers (RFC 9110 §7.6.1, plus those the Connection header
 names) are dropped; the hub's cookies are removed under any name and prefix; an
-Authorization header carrying a hub credential is removed; inbound ``X-Forwarded-*``
-are dropped unless the peer is a trusted proxy; ``X-Forwarded-For/-Proto/-Host/-Prefix``
-are set. Response side: hop-by-hop headers and ``Set-Cookie`` for reserved names are
-dropped, ``Location`` pointing at the backend is rewritten to the public prefix.
+Authorization header carrying a hub credential in any spelling is removed (see
+:mod:`.credentials`); inbound ``X-Forwarded-*`` are dropped unless the peer is a trusted
+proxy; ``X-Forwarded-For/-Proto/-Host/-Prefix`` are set. Response side: hop-by-hop
+headers are dropped, and so is every ``Set-Cookie`` a browser could read as one of the
+hub's cookies (:func:`cocalc_hub.auth.cookies.set_cookie_names`); ``Location`` pointing
+at the backend is rewritten to the public prefix, and a ``Location`` or ``Refresh`` that
+would take the browser to another site raises :class:`OffSite` (the proxy answers 502).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from cocalc_hub.auth.cookies import set_cookie_names
+from cocalc_hub.proxy.credentials import CredentialFinder
 from cocalc_hub.proxy.http1 import Headers
+from cocalc_hub.proxy.redirects import refresh_url, stays_on_site
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade", b"proxy-authorization", b"proxy-authenticate"})
@@ -20,6 +26,10 @@ FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-h
                        b"x-forwarded-port", b"forwarded", b"x-real-ip"})
 TOKEN_HEADER = b"x-cocalc-project-token"
 _LOCAL_HOSTS = (b"127.0.0.1", b"localhost", b"[::1]")
+
+
+class OffSite(Exception):
+    """A project's response would redirect the browser to another site."""
 
 
 def _named_by_connection(headers: Headers) -> set[bytes]:
@@ -43,28 +53,19 @@ def strip_cookies(header: bytes, reserved: Callable[[str], bool]) -> bytes:
     return b"; ".join(kept)
 
 
-def is_hub_credential(authorization: bytes, hub_secret: bytes | None) -> bool:
-    """Authorization values the hub itself understands (API keys, its own secret)."""
-    import base64
-
-    scheme, _, value = authorization.strip().partition(b" ")
-    value = value.strip()
-    scheme = scheme.lower()
-    if scheme == b"basic":
-        try:
-            value = base64.b64decode(value, validate=True).split(b":", 1)[0]
-        except ValueError:
-            return False
-    elif scheme != b"bearer":
-        return False
-    return value.startswith((b"sk-", b"sk_")) or (bool(hub_secret) and value == hub_secret)
+def is_hub_credential(authorization: bytes, hub_secret: bytes | CredentialFinder | None) -> bool:
+    """Authorization values that carry something the hub understands (API keys, sessions,
+    its own secrets), whatever the scheme and spelling."""
+    finder = hub_secret if isinstance(hub_secret, CredentialFinder) else CredentialFinder([hub_secret])
+    return finder.in_authorization(authorization)
 
 
-def request_headers(headers: Headers, *, reserved: Callable[[str], bool], hub_secret: bytes | None,
+def request_headers(headers: Headers, *, reserved: Callable[[str], bool], hub_secret: bytes | CredentialFinder | None,
                     trust_proxy: bool, client_ip: bytes, proto: bytes, prefix: bytes,
                     upgrade: bytes | None = None, token: bytes | None = None) -> list[bytes]:
     """Header lines (``Name: value``) for the backend request."""
     drop = HOP_BY_HOP | _named_by_connection(headers)
+    finder = hub_secret if isinstance(hub_secret, CredentialFinder) else CredentialFinder([hub_secret])
     out: list[bytes] = []
     inbound_for: list[bytes] = []
     host = b""
@@ -81,7 +82,7 @@ def request_headers(headers: Headers, *, reserved: Callable[[str], bool], hub_se
             value = strip_cookies(value, reserved)
             if not value:
                 continue
-        elif key == b"authorization" and is_hub_credential(value, hub_secret):
+        elif key == b"authorization" and finder.in_authorization(value):
             continue
         out.append(key + b": " + value)
     chain = b", ".join([*inbound_for, client_ip])
@@ -99,19 +100,29 @@ def request_headers(headers: Headers, *, reserved: Callable[[str], bool], hub_se
 
 
 def response_headers(headers: Headers, *, reserved: Callable[[str], bool], backend_port: int,
-                     public_prefix: bytes | None, keep: frozenset[bytes] = frozenset()) -> list[bytes]:
-    """Header lines for the client. ``public_prefix`` is set for routes that strip a prefix."""
+                     public_prefix: bytes | None, keep: frozenset[bytes] = frozenset(),
+                     own_host: bytes | None = None, secure: bool = False, status: int = 302) -> list[bytes]:
+    """Header lines for the client. ``public_prefix`` is set for routes that strip a prefix;
+    ``own_host`` is the Host the browser asked for (absolute redirects to it are fine).
+    Raises OffSite for a redirect elsewhere (``Location`` of a 3xx, which is all a browser
+    follows, or ``Refresh``)."""
     drop = (HOP_BY_HOP | _named_by_connection(headers)) - keep
     out: list[bytes] = []
     for key, value in headers:
-        if key in drop:
+        if key in drop or key == b"set-cookie2":
             continue
         if key == b"set-cookie":
-            name = value.split(b"=", 1)[0].strip().decode("latin-1")
-            if reserved(name):
+            names = set_cookie_names(value)
+            if names is None or any(reserved(name) for name in names):
                 continue
         elif key == b"location":
             value = rewrite_location(value, backend_port, public_prefix)
+            if 300 <= status < 400 and not stays_on_site(value, own_host, secure):
+                raise OffSite("location")
+        elif key == b"refresh":
+            url = refresh_url(value)
+            if url is not None and not stays_on_site(url, own_host, secure):
+                raise OffSite("refresh")
         out.append(key + b": " + value)
     return out
 

@@ -15,6 +15,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from cocalc_hub.proxy.backend import BackendConnection, Refused, Target
+from cocalc_hub.proxy.headers import OffSite
 from cocalc_hub.proxy.http1 import LAST_CHUNK, BodyFramer, HttpError, RequestHead, ResponseHead, chunk, parse_response
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class Exchange:
         self.route: Route | None = None
         self.decision: Decision | None = None
         """What was authorised (set by the front door; an error page's advice depends on it)."""
+        self.own_host = self.proxy.browser_host(req)
+        self.secure = self.proxy.browser_secure(req, front.secure)
 
     # start ---------------------------------------------------------------------------
 
@@ -174,7 +177,7 @@ class Exchange:
             head, self.resp_buf = self.resp_buf[:end], self.resp_buf[end + 4:]
             memo = self.conn.memo if self.conn is not None else None
             key = (head, self.req.method, self.req.version, self.req.keep_alive, self.front.draining, self.port,
-                   self.prefix)
+                   self.prefix, self.own_host, self.secure)
             if memo is not None and memo[0] == key:
                 # The same response head as last time on this backend connection (a backend
                 # answering the same way, within the second of its Date header).
@@ -192,12 +195,17 @@ class Exchange:
                     return b"", b"", None
                 self._switch(resp)
                 return b"", b"", None
-            if 100 <= resp.status < 200:
-                if resp.status != 100 or self.req.expect_continue:
-                    self.front.client_write(self._head_bytes(resp, informational=True))
-                continue
-            close_before = self.front.client_close_after
-            client_head = self._head_bytes(resp)
+            try:
+                if 100 <= resp.status < 200:
+                    if resp.status != 100 or self.req.expect_continue:
+                        self.front.client_write(self._head_bytes(resp, informational=True))
+                    continue
+                close_before = self.front.client_close_after
+                client_head = self._head_bytes(resp)
+            except OffSite:
+                self._fail(502, "The project's server tried to redirect you to another site; the hub does not "
+                                "pass such redirects on.")
+                return b"", b"", None
             if self.conn is not None:
                 self.conn.memo = (key, ResponseHead.copy(resp), client_head, self.wrap_chunked,
                                   self.front.client_close_after and not close_before)
@@ -219,7 +227,8 @@ class Exchange:
     def _head_bytes(self, resp: ResponseHead, *, informational: bool = False,
                     keep: frozenset[bytes] = frozenset()) -> bytes:
         proxy = self.proxy
-        lines = proxy.response_headers(resp.headers, self.port, self.prefix, keep)
+        lines = proxy.response_headers(resp.headers, self.port, self.prefix, keep, self.own_host, self.secure,
+                                       resp.status)
         status = b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"")
         if not informational and resp.status != 101:
             client_11 = self.req.version == b"HTTP/1.1"
@@ -358,7 +367,12 @@ class Exchange:
         conn, self.conn = self.conn, None
         assert conn is not None
         keep = frozenset({b"upgrade", b"connection"})
-        head = self._head_bytes(resp, keep=keep)
+        try:
+            head = self._head_bytes(resp, keep=keep)
+        except OffSite:
+            conn.abort()
+            self.front.exchange_aborted(self, "the backend's 101 carried an off-site redirect")
+            return
         rest, self.resp_buf = self.resp_buf, b""
         self.front.start_tunnel(self, conn, head + rest)
 

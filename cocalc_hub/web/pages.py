@@ -30,7 +30,7 @@ from cocalc_hub.packaged import package_path
 from cocalc_hub.web.api import ApiServices, safe_next
 from cocalc_hub.web.errors import SITE_NAME, error_page
 from cocalc_hub.web.files import GzipCache
-from cocalc_hub.web.request import HubRequest
+from cocalc_hub.web.request import HubRequest, is_secure
 from cocalc_hub.web.resource import HubResource
 from cocalc_hub.web.static import TemplatePage
 
@@ -187,6 +187,7 @@ class PagesResource(HubResource):
         page = PROJECT_PAGE if project_id else PAGES.get(rel.decode("latin-1"))
         services = self.services
         cookies = parse_cookie_header(b"; ".join(request.requestHeaders.getRawHeaders(b"cookie") or []))
+        cookies = services.names.effective(cookies, is_secure(request, request.trust_proxy))
         # Browser pages use cookies only: a Bearer header is for scripts, not for pages.
         caller = await services.auth.identify(cookies, None, ("remember_me", "api_key_cookie"))
         seen.append(caller)

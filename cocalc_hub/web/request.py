@@ -39,6 +39,13 @@ class HubRequest(server.Request):
         self.started = time.perf_counter()
         self._body_bytes = 0
 
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """Every ``Server`` header is the hub's bare name: Twisted's own (``TwistedWeb/<version>``,
+        set before routing and on its ``OPTIONS *`` answer) would tell attackers the version."""
+        if (name.lower() if isinstance(name, str) else name.lower().decode("latin-1")) == "server":
+            value = SERVER_HEADER
+        super().setHeader(name, value)
+
     def gotLength(self, length: int | None) -> None:
         """Refuse an oversized body before reading it (413, then close)."""
         if length is not None and length > MAX_REQUEST_BODY:

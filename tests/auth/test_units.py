@@ -156,6 +156,25 @@ class CookieTests(unittest.TestCase):
         self.assertTrue(based.is_reserved("%2Fotherremember_me"))
         self.assertTrue(based.is_reserved("%2FotherAPI_KEY"))
         self.assertFalse(based.is_reserved("_xsrf"))
+        for name in ('"remember_me"', " __Host-Remember_Me ", "__secure-__HOST-api_key", "SYS", "my_rm"):
+            self.assertTrue(CookieNames.for_base_path("/x", "my_rm").is_reserved(name), name)
+
+    def test_secure_names_and_what_is_read(self) -> None:
+        from cocalc_hub.auth.cookies import set_cookie_names
+
+        names = CookieNames.for_base_path("/")
+        tls = names.browser(True)
+        self.assertEqual((tls.remember_me, tls.account_id, tls.csrf, tls.api_key),
+                         ("__Host-remember_me", "__Host-account_id", "__Host-csrf_token", "api_key"))
+        self.assertIs(names.browser(False), names)
+        jar = {"remember_me": "planted", "__Host-remember_me": "real", "api_key": "k"}
+        self.assertEqual(names.effective(jar, True), {"remember_me": "real", "api_key": "k"})
+        self.assertEqual(names.effective({"remember_me": "planted"}, True), {})
+        self.assertEqual(names.effective({"remember_me": "plain"}, False), {"remember_me": "plain"})
+        self.assertEqual(set_cookie_names("=remember_me=x; Path=/"), ["remember_me"])
+        self.assertEqual(set_cookie_names("remember_me"), ["remember_me"])
+        self.assertEqual(set_cookie_names("a=1, b=2"), ["a", "b"])
+        self.assertIsNone(set_cookie_names("a=\x01"))
 
     def test_remember_me_format_and_hash(self) -> None:
         rm = new_remember_me()

@@ -3,6 +3,7 @@
 It reports exactly what reached it, and misbehaves on request:
 ``/special/setcookie``, ``/special/redirect``, ``/special/close``, ``/special/hang``,
 ``/special/big?n=BYTES``, ``/special/slow``, ``/special/stats``, ``/special/upload`` (POST),
+``/special/respond?status=N&h=Name:value&h=…`` (answers with exactly those headers),
 ``/ws`` (WebSocket echo, autobahn). Everything else echoes the request as JSON.
 """
 
@@ -80,6 +81,12 @@ class Root(Resource):
                           b"api_key=planted", b"app=1; Path=/", b"csrf_token=planted"):
                 request.responseHeaders.addRawHeader(b"set-cookie", value)
             return b"cookies"
+        if path.endswith(b"/special/respond"):
+            request.setResponseCode(int(request.args.get(b"status", [b"200"])[0]))
+            for line in request.args.get(b"h", []):
+                name, _, value = line.partition(b":")
+                request.responseHeaders.addRawHeader(name.strip(), value.lstrip(b" "))
+            return b"hostile"
         if path.endswith(b"/special/redirect"):
             request.setResponseCode(302)
             request.setHeader(b"location", b"http://127.0.0.1:%d/landed" % self.port)

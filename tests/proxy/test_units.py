@@ -235,3 +235,33 @@ class PageTests(unittest.TestCase):
         self.assertIn(b"content-security-policy: default-src 'none'; style-src 'self'", head)
         self.assertIn(b"Path tricks are not allowed in proxied URLs.", body)  # a sentence
         self.assertIn(b'href="/b/static/app.css"', body)
+
+
+class RedirectAndCredentialTests(unittest.TestCase):
+    def test_stays_on_site(self) -> None:
+        from cocalc_hub.proxy.redirects import refresh_url, stays_on_site
+
+        for ok in (b"/x", b"x/y", b"?q=1", b"#f", b"../up", b"http://hub.test/x", b"HTTP://hub.test:80/",
+                   b"https://hub.test/", b"//hub.test/x"):
+            self.assertTrue(stays_on_site(ok, b"hub.test", False), ok)
+        for bad in (b"//evil", b"/\\evil", b"\\\\evil", b" //evil", b"/\t/evil", b"/\r\n/evil", b"http:evil",
+                    b"https:evil", b"http:/evil", b"https://hub.test@evil/", b"http://evil\\@hub.test/",
+                    b"javascript:alert(1)", b"HTTP://EVIL/", b"http://hub.test:81/", b"\x00//evil"):
+            self.assertFalse(stays_on_site(bad, b"hub.test", False), bad)
+        self.assertFalse(stays_on_site(b"//hub.test/x", None, False))
+        self.assertEqual(refresh_url(b"0; URL='//evil/x'"), b"//evil/x")
+        self.assertEqual(refresh_url(b"5;url=/a"), b"/a")
+        self.assertIsNone(refresh_url(b"5"))
+
+    def test_credentials_in_queries(self) -> None:
+        from cocalc_hub.proxy.credentials import CredentialFinder
+
+        finder = CredentialFinder([b"the-hub-secret"])
+        self.assertEqual(finder.clean_query(b"?a=1&k=sk-abcdefghijklmnop000001&b=2"), b"?a=1&b=2")
+        self.assertEqual(finder.clean_query(b"?k=sk%2Dabcdefgh"), b"")
+        self.assertEqual(finder.clean_query(b"?x=the-hub-secret"), b"")
+        self.assertEqual(finder.clean_query(b"?s=sha512%24abc%241000%2400000000-0000-4000"), b"")
+        same = b"?q=risk-assessment&task-12345678=1"
+        self.assertIs(finder.clean_query(same), same)
+        self.assertTrue(finder.in_authorization(b"Basic " + base64.b64encode(b"user:sk-abcdefgh")))
+        self.assertFalse(finder.in_authorization(b"Basic " + base64.b64encode(b"user:password")))

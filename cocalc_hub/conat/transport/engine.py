@@ -357,7 +357,7 @@ class EngineFactory(WebSocketServerFactory):
     protocol = EngineProtocol  # type: ignore[assignment]
 
     def __init__(self, handler: Handler, clock: Any, options: EngineOptions | None = None) -> None:
-        super().__init__()
+        super().__init__(server="cocalc-hub")  # the hub's Server header, not autobahn's name and version
         self.handler = handler
         self.clock = clock
         self.options = options or EngineOptions()
@@ -401,10 +401,13 @@ class EngineResource(WebSocketResource):
 
     isLeaf = True
 
-    def __init__(self, factory: EngineFactory, handshake: Callable[[IRequest], Handshake]) -> None:
+    def __init__(self, factory: EngineFactory, handshake: Callable[[IRequest], Handshake],
+                 admit: Callable[[IRequest], str | None] | None = None) -> None:
         super().__init__(factory)
         self.engine = factory
         self.make_handshake = handshake
+        self.admit = admit
+        """Says why an upgrade is refused (403, engine.io's "Forbidden"), or None to let it in."""
 
     def render(self, request: IRequest) -> Any:
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
@@ -416,6 +419,9 @@ class EngineResource(WebSocketResource):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade != b"websocket" or request.method != b"GET":
             return self._error(request, 3, "Bad request")
+        refused = self.admit(request) if self.admit is not None else None
+        if refused is not None:
+            return self._error(request, 4, f"Forbidden: {refused}", status=403)
         channel_transport = request.channel.transport  # type: ignore[attr-defined]
         if channel_transport is not None and hasattr(channel_transport, "unregisterProducer"):
             # The HTTP channel stops being the transport's producer: the WebSocket takes over.
@@ -430,8 +436,8 @@ class EngineResource(WebSocketResource):
             self.engine._pending_handshake = None
 
     @staticmethod
-    def _error(request: IRequest, code: int, message: str) -> bytes:
-        request.setResponseCode(400)
+    def _error(request: IRequest, code: int, message: str, status: int = 400) -> bytes:
+        request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return packets.dumps({"code": code, "message": message}).encode()

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from cocalc_hub.auth.accounts import Accounts, AuthError
 from cocalc_hub.auth.bootstrap import AdminSetup
 from cocalc_hub.auth.caller import HTTP, Authenticator, Caller
-from cocalc_hub.auth.cookies import CookieNames, clear_cookie, parse_cookie_header, set_cookie
+from cocalc_hub.auth.cookies import CookieNames, browser_cookie_path, clear_cookie, parse_cookie_header, set_cookie
 from cocalc_hub.auth.csrf import Csrf
 from cocalc_hub.db.store import DatabaseUnavailable, utcnow
 from cocalc_hub.projects.operations import Projects
@@ -223,9 +223,10 @@ class ApiResource(HubResource):
         services = self.services
         try:
             params = self._params(request)
-            cookies = parse_cookie_header(b"; ".join(request.requestHeaders.getRawHeaders(b"cookie") or []))
-            caller = await services.auth.identify(cookies, request.getHeader(b"authorization"), HTTP)
             secure = is_secure(request, request.trust_proxy)
+            cookies = parse_cookie_header(b"; ".join(request.requestHeaders.getRawHeaders(b"cookie") or []))
+            cookies = services.names.effective(cookies, secure)
+            caller = await services.auth.identify(cookies, request.getHeader(b"authorization"), HTTP)
             ctx = Ctx(request, params, caller, services, client_ip(request, request.trust_proxy), secure, cookies)
             if request.method in UNSAFE:
                 self._check_csrf(ctx, ep)
@@ -308,18 +309,27 @@ def safe_next(value: object, base_path: str) -> str | None:
 
 
 def session_cookies(ctx: Ctx, cookie_value: str, account_id: str, expire: datetime, same_site: str) -> None:
-    """Set remember_me (HttpOnly), account_id and the CSRF token cookie for a new session."""
-    names = ctx.services.names
+    """Set remember_me (HttpOnly), account_id and the CSRF token cookie for a new session, in
+    the strongest form the request allows (``__Host-`` names over HTTPS, see auth.cookies)."""
+    names = ctx.services.names.browser(ctx.secure)
+    path = browser_cookie_path(ctx.secure, ctx.services.base_path)
     max_age = round((expire - utcnow()).total_seconds())
     ctx.set_cookie(set_cookie(names.remember_me, cookie_value, expires=expire, max_age=max_age, http_only=True,
-                              same_site=same_site, secure=ctx.secure))
+                              same_site=same_site, secure=ctx.secure, path=path))
     ctx.set_cookie(set_cookie(names.account_id, account_id, expires=expire, max_age=max_age, http_only=False,
-                              same_site="lax", secure=ctx.secure))
+                              same_site="lax", secure=ctx.secure, path=path))
     ctx.set_cookie(set_cookie(names.csrf, ctx.services.csrf.token(cookie_value), expires=expire, max_age=max_age,
-                              http_only=False, same_site="strict", secure=ctx.secure))
+                              http_only=False, same_site="strict", secure=ctx.secure, path=path))
 
 
 def clear_session_cookies(ctx: Ctx) -> None:
-    names = ctx.services.names
-    for name in (names.remember_me, names.account_id, names.csrf):
-        ctx.set_cookie(clear_cookie(name, secure=ctx.secure))
+    """Clear the session cookies in the form they were set, and the plain ``Path=/`` form
+    earlier versions set."""
+    plain = ctx.services.names
+    base = ctx.services.base_path
+    forms = [(ctx.services.names.browser(ctx.secure), browser_cookie_path(ctx.secure, base), ctx.secure)]
+    if ctx.secure or base != "/":
+        forms.append((plain, "/", ctx.secure))
+    for names, path, secure in forms:
+        for name in (names.remember_me, names.account_id, names.csrf):
+            ctx.set_cookie(clear_cookie(name, secure=secure, path=path))
