@@ -16,7 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 from cocalc_hub import logs
 from cocalc_hub.projects import processes
 from tests.security.tenants import require_root
-from tests.support import TWISTD, LogCapture, settings_for, spawn, start_hub
+from tests.support import TWISTD, LogCapture, settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
 
@@ -60,7 +60,10 @@ class RepairTests(unittest.TestCase):
                                (stream, 0o644, 0o600), (data / "sync", 0o755, 0o700), (log, 0o644, 0o600)):
             self.assertEqual(mode(path), new, path)
             self.assertIn(f"{path} was accessible to other users (mode {old:04o}); changed to {new:04o}", output)
-        for name in ("hub.db-wal", "hub.db-shm", "secrets/project-token-key"):
+        made = ("hub.db-wal", "hub.db-shm", "secrets/project-token-key")
+        # The database may still be opening (in a thread) when the hub logs that it runs.
+        await until(lambda: all((data / name).exists() for name in made), what="the hub's new files")
+        for name in made:
             self.assertEqual(mode(data / name), 0o600, name)  # made private as they were made
         self.assertEqual((mode(home), mode(own)), (0o755, 0o644))
         # The hub's umask: whatever else it creates is its user's alone.
