@@ -33,6 +33,8 @@ class Proxy:
         self.csrf_token = csrf_token
         self.pool = BackendPool(reactor)
         self.tunnels = 0
+        self.front_doors: list[set[Any]] = []
+        """Each front door factory's open connections (cocalc_hub.proxy.guard looks in them)."""
 
     def route(self, path: bytes) -> Route | None:
         """Raises BadRoute for malformed project URLs."""

@@ -68,6 +68,8 @@ class FrontDoorFactory(protocol.ServerFactory):
         self.proxy = proxy
         self.reactor = reactor
         self.connections: set[FrontDoor] = set()
+        if proxy is not None:
+            proxy.front_doors.append(self.connections)  # what the guard re-checks on revocations
         self.plain = pages.Context(site.router.base.decode("ascii"))
         """Error pages' context when nothing is known about the request."""
         self._sweeper: task.LoopingCall | None = None
@@ -577,14 +579,14 @@ class FrontDoor(protocol.Protocol):
         self._log(exchange.req, exchange.status or 502, exchange.sent, exchange.started, "proxy")
         self.abort()
 
-    def start_tunnel(self, exchange: Exchange, conn: BackendConnection, head: bytes) -> None:
+    def start_tunnel(self, exchange: Exchange, conn: BackendConnection, head: bytes, rest: bytes) -> None:
         assert self.proxy is not None
         self.exchange = None
         self.state = TUNNEL
         self.proxy.tunnels += 1
-        self.client_write(head)
+        self.client_write(head + rest)
         self._log(exchange.req, 101, 0, exchange.started, "proxy-ws")
-        self.tunnel = Tunnel(self, conn)
+        self.tunnel = Tunnel(self, conn, exchange, rest)
         rest, self.buf = self.buf, b""
         if rest:
             self.tunnel.client_data(rest)
