@@ -63,7 +63,8 @@ class FrameEdges:
 
 def close_frame(code: int, reason: str) -> bytes:
     """An unmasked (server to client) close frame."""
-    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    text = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")  # whole characters only
+    payload = struct.pack("!H", code) + text
     return bytes((0x88, len(payload))) + payload
 
 
