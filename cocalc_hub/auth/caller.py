@@ -305,6 +305,12 @@ class Authenticator:
 
     # invalidation -----------------------------------------------------------------------
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever cached credentials are dropped: a caller identified across a
+        change may predate it (whoever keeps one for long should identify again)."""
+        return self._generation
+
     def _changed(self, kind: str, value: Any) -> None:
         self._generation += 1
         for listener in list(self.listeners):

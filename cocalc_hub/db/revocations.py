@@ -51,16 +51,11 @@ class RevocationFeed(service.Service):
         self._again = False
         self._loop: task.LoopingCall | None = None
         self._listener: _Listener | None = None
+        self._failing = False
 
     def startService(self) -> None:
+        """Follow from the newest row (read on the first check: the store opens in this turn)."""
         service.Service.startService(self)
-        defer.ensureDeferred(self._begin()).addErrback(lambda f: log.failure("revocations: cannot start", f))
-
-    async def _begin(self) -> None:
-        await self.store.open()  # (idempotent) the store service opens it in the same turn
-        self.seq = await self.store.last_revocation()
-        if not self.running:
-            return
         interval = self.poll
         conninfo = getattr(getattr(self.store, "backend", None), "conninfo", None)
         if getattr(self.store, "kind", "") == "postgres" and isinstance(conninfo, str):
@@ -68,11 +63,11 @@ class RevocationFeed(service.Service):
             interval = SAFETY_POLL
         self._loop = task.LoopingCall(self.check)
         self._loop.clock = self.reactor
-        self._loop.start(interval, now=False).addErrback(lambda f: log.failure("revocations: poll failed", f))
+        self._loop.start(interval, now=True).addErrback(lambda f: log.failure("revocations: poll failed", f))
 
     def check(self) -> None:
         """Read what is new (at most one read at a time; a request during one runs after it)."""
-        if self.seq is None or not self.running:
+        if not self.running:
             return
         if self._reading:
             self._again = True
@@ -81,9 +76,10 @@ class RevocationFeed(service.Service):
         defer.ensureDeferred(self._read()).addErrback(self._failed)
 
     async def _read(self) -> None:
+        if self.seq is None:
+            self.seq = await self.store.last_revocation()
         while True:
             self._again = False
-            assert self.seq is not None
             rows = await self.store.revocations_since(self.seq)
             if rows:
                 self.seq = rows[-1][0]
@@ -94,10 +90,15 @@ class RevocationFeed(service.Service):
             if not (self._again or len(rows) >= 1000) or not self.running:
                 break
         self._reading = False
+        if self._failing:
+            self._failing = False
+            log.info("revocations: reading the database again")
 
     def _failed(self, failure: Any) -> None:
         self._reading = False
-        log.warn("revocations: cannot read the database ({error}); retrying", error=failure.getErrorMessage())
+        if not self._failing and self.running:  # one line per outage, not one per poll
+            self._failing = True
+            log.warn("revocations: cannot read the database ({error}); retrying", error=failure.getErrorMessage())
 
     def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
