@@ -405,9 +405,12 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
             if conat is not None:
                 conat.close_connections()  # WebSockets would otherwise hold the drain open
 
+        front_door = FrontDoorFactory(web.site, proxy, reactor)
+        if proxy is not None:
+            proxy.front_doors.append(front_door.connections)  # what its guard re-checks on revocations
         hub.web = WebService(reactor, web.site, settings.listen, grace=settings.shutdown_grace,
                              public_url=lambda port: public_url(settings, port), on_drain=on_drain,
-                             factory=FrontDoorFactory(web.site, proxy, reactor))
+                             factory=front_door)
 
         def http_status() -> Status:
             if web.site.draining:

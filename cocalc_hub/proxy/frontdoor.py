@@ -68,8 +68,6 @@ class FrontDoorFactory(protocol.ServerFactory):
         self.proxy = proxy
         self.reactor = reactor
         self.connections: set[FrontDoor] = set()
-        if proxy is not None:
-            proxy.front_doors.append(self.connections)  # what the guard re-checks on revocations
         self.plain = pages.Context(site.router.base.decode("ascii"))
         """Error pages' context when nothing is known about the request."""
         self._sweeper: task.LoopingCall | None = None
