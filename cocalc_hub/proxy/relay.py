@@ -403,6 +403,10 @@ class Tunnel:
         if self.closed:
             return
         self.closed = True
+        transports: tuple[Any, Any] = (self.front.transport, self.conn.transport)
+        for transport in transports:
+            if transport is not None and getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()  # a paused side must not hold the close back
         if self.frames.at_boundary:
             self.front.client_write(close_frame(POLICY_VIOLATION, reason))
             self.front.close_after_tunnel(clean=True)

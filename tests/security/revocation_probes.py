@@ -72,11 +72,23 @@ class WsProbe(protocol.Protocol):
         if not self.upgraded.called:
             self.upgraded.callback(0)
 
+    def stop_reading(self) -> None:
+        """Stop reading (the hub's buffers toward this browser fill up)."""
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
     def send(self, payload: bytes) -> None:
-        assert self.transport is not None and len(payload) < 126
+        assert self.transport is not None
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x82, 0x80 | n))
+        elif n < 65536:
+            head = bytes((0x82, 0x80 | 126)) + struct.pack("!H", n)
+        else:
+            head = bytes((0x82, 0x80 | 127)) + struct.pack("!Q", n)
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.transport.write(bytes((0x82, 0x80 | len(payload))) + mask + masked)
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+        self.transport.write(head + mask + masked)
 
 
 class StreamProbe(protocol.Protocol):

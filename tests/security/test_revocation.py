@@ -257,6 +257,35 @@ class RevocationSuite:
 class SQLiteRevocationTests(RevocationSuite, unittest.TestCase):
     kind = "sqlite"
 
+    async def test_a_websocket_in_the_middle_of_a_frame_is_closed_too(self) -> None:
+        """A victim that stops reading while the backend sends it a big message: the tunnel
+        is paused in the middle of a frame (no close frame can go in), and is dropped."""
+        await self.start()
+        victim = await self.victim()
+        channels = await self.channels(victim.cookies)
+        ws = channels.ws
+        assert ws is not None and ws.transport is not None
+        ws.stop_reading()
+        ws.send(b"x" * (32 << 20))  # echoed back: far more than the socket buffers hold
+        proxy = self.hub.hub.proxy
+        assert proxy is not None
+
+        def tunnel_paused_mid_frame() -> bool:
+            doors = getattr(proxy, "front_doors", [])  # (before this version: nothing to look at)
+            tunnels = [front.tunnel for door in doors for front in door if front.tunnel is not None]
+            if not doors:
+                return True
+            frames = [getattr(t, "frames", None) for t in tunnels]  # (before this version: no frames)
+            return any(f is None or not f.at_boundary for f in frames)
+
+        await until(tunnel_paused_mid_frame, what="the echo to fill the buffers")
+        await self.ok(self.owner.post("projects/collaborators/remove",
+                                      {"project_id": self.project, "account_id": victim.account_id}))
+        since = reactor.seconds()
+        ws.transport.resumeProducing()  # type: ignore[attr-defined]  # (a reader notices the reset at once)
+        await until(lambda: ws.closed_at is not None, timeout=BOUND, what="the WebSocket to be closed")
+        self.assertLessEqual(ws.closed_at - since if ws.closed_at else BOUND + 1, BOUND)
+
 
 class PostgresRevocationTests(RevocationSuite, unittest.TestCase):
     kind = "postgres"
