@@ -277,7 +277,7 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
                   names=auth.names, hub_secret=auth.auth.hub_password, trust_proxy=settings.trust_proxy,
                   timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
     # Open tunnels and streaming responses are re-checked (after the caches above are dropped).
-    guard = ChannelGuard(access, proxy.front_doors)
+    guard = proxy.guard = ChannelGuard(access, proxy.front_doors)
     auth.auth.revocations.append(guard.credentials_changed)
     hub.projects.listeners.append(guard.project_changed)
     return proxy

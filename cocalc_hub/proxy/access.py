@@ -58,6 +58,8 @@ class Decision:
     """The request's Cookie header with the hub's cookies removed (None: send none)."""
     key: tuple[bytes | None, bytes | None, str] | None = None
     """(cookie, authorization, project_id) it was decided for."""
+    generation: int = -1
+    """ProxyAccess's generation when it was decided (see :meth:`ProxyAccess.current`)."""
 
 
 class ProxyAccess:
@@ -100,6 +102,14 @@ class ProxyAccess:
             del self._pending[key]
         return result
 
+    def current(self, decision: Decision) -> bool:
+        """No revocation arrived since ``decision`` was made (one that waited, e.g. for the
+        project's ports, may have been overtaken)."""
+        if decision.generation == self._generation:
+            return True
+        hit = self._decisions.get(decision.key) if decision.key is not None else None
+        return hit is not None and hit[1] is decision  # (a revocation would have dropped it)
+
     async def recheck(self, decision: Decision) -> Decision:
         """Decide again what ``decision`` was decided for, ignoring (and refreshing) the cache."""
         assert decision.key is not None
@@ -108,7 +118,7 @@ class ProxyAccess:
     async def _decide_and_cache(self, key: tuple[bytes | None, bytes | None, str]) -> Decision:
         while True:
             generation = self._generation
-            decision = replace(await self._decide(*key), key=key)
+            decision = replace(await self._decide(*key), key=key, generation=generation)
             if generation == self._generation:
                 break
             # Access was revoked while deciding: what was read may predate it, decide again.

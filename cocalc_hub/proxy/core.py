@@ -35,6 +35,12 @@ class Proxy:
         self.tunnels = 0
         self.front_doors: list[set[Any]] = []
         """Each front door factory's open connections (cocalc_hub.proxy.guard looks in them)."""
+        self.guard: Any = None
+        """The ChannelGuard (cocalc_hub.proxy.guard), told of each exchange that starts."""
+
+    def exchange_started(self, front: Any, exchange: Any) -> None:
+        if self.guard is not None:
+            self.guard.started(front, exchange)
 
     def route(self, path: bytes) -> Route | None:
         """Raises BadRoute for malformed project URLs."""

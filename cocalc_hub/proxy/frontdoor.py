@@ -498,6 +498,7 @@ class FrontDoor(protocol.Protocol):
         exchange.started = started
         exchange.route, exchange.decision = route, decision  # for an error page's advice
         self.exchange = exchange
+        exchange.proxy.exchange_started(self, exchange)
         exchange.start()
         if self.buf and not exchange.finished:
             data, self.buf = self.buf, b""

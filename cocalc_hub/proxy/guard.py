@@ -53,6 +53,14 @@ class ChannelGuard:
     def project_changed(self, project_id: str) -> None:
         self._sweep(lambda d: d.key is not None and d.key[2] == project_id)
 
+    def started(self, front: Any, exchange: Any) -> None:
+        """An exchange began: if a revocation came while it waited (for its decision or the
+        project's ports) after the sweep had looked, it is re-checked now."""
+        decision = exchange.decision
+        if decision is not None and decision.key is not None and not self.access.current(decision):
+            defer.ensureDeferred(self._recheck([(front, exchange)])).addErrback(
+                lambda f: log.failure("proxy: re-checking access after a revocation failed", f))
+
     # the work ----------------------------------------------------------------------------------
 
     def open_channels(self) -> list[tuple[Any, Any]]:
@@ -89,11 +97,12 @@ class ChannelGuard:
     def _close(self, front: Any, channel: Any, decision: Decision) -> None:
         caller = decision.caller
         log.info("proxy: closing a {what} of {who} to project {project}: access revoked ({status})",
-                 what="WebSocket" if channel is front.tunnel else "request", status=decision.status,
+                 what="request" if channel is front.exchange else "WebSocket", status=decision.status,
                  who=caller.account_id or caller.project_id or "anonymous", project=decision.key[2] if decision.key
                  else "?")
         self.closed += 1
-        if channel is front.tunnel:
-            channel.revoke(REASON)
+        tunnel = front.tunnel
+        if tunnel is not None and tunnel.decision is channel.decision:  # (an exchange may have become one)
+            tunnel.revoke(REASON)
         elif channel is front.exchange and not channel.finished:
             front.abort()

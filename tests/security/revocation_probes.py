@@ -153,6 +153,13 @@ def _head(method: str, path: str, cookie: str, *extra: str, close: bool = False)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def ws_upgrade(path: str, cookie: str) -> bytes:
+    """A browser's WebSocket upgrade request."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return _head("GET", path, cookie, "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13")
+
+
 async def _connect(port: int, proto: protocol.Protocol) -> Any:
     return await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(protocol.Factory.forProtocol(lambda: proto))
 
@@ -176,9 +183,7 @@ class Channels:
 
     async def open(self) -> None:
         """Open every channel and check that each works now."""
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.ws = WsProbe(_head("GET", f"{self.backend}/ws", self.cookie, "Upgrade: websocket",
-                                "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"))
+        self.ws = WsProbe(ws_upgrade(f"{self.backend}/ws", self.cookie))
         await _connect(self.port, self.ws)
         status = await self.ws.upgraded
         assert status == 101, f"the WebSocket was refused before the change ({status})"

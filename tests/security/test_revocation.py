@@ -20,13 +20,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.client import Client, connect
 from tests.db.support import fresh_postgres_url
-from tests.security.revocation_probes import Channels
+from tests.security.revocation_probes import Channels, WsProbe, ws_upgrade
 from tests.support import RunningHub, free_tcp_port, make_admin, settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
@@ -131,11 +132,15 @@ class RevocationSuite:
         assert r.code == 200, r
         return Victim(client, email)
 
-    async def channels(self, cookies: dict[str, str]) -> Channels:
-        case: Any = self
+    def channels_prefix(self) -> str:
+        """Where the project's backend is reached through the proxy."""
         base_path = self.hub.hub.settings.base_path
         prefix = "" if base_path == "/" else base_path
-        channels = Channels(self.hub.port, self.hub.base, f"{prefix}/{self.project}/server/{self.backend_port}",
+        return f"{prefix}/{self.project}/server/{self.backend_port}"
+
+    async def channels(self, cookies: dict[str, str]) -> Channels:
+        case: Any = self
+        channels = Channels(self.hub.port, self.hub.base, self.channels_prefix(),
                             "; ".join(f"{k}={v}" for k, v in cookies.items()), cookies,
                             f"project.{self.project}.revocation-{self.victims}", self.publisher)
         case.addCleanup(channels.close)
@@ -285,6 +290,41 @@ class SQLiteRevocationTests(RevocationSuite, unittest.TestCase):
         ws.transport.resumeProducing()  # type: ignore[attr-defined]  # (a reader notices the reset at once)
         await until(lambda: ws.closed_at is not None, timeout=BOUND, what="the WebSocket to be closed")
         self.assertLessEqual(ws.closed_at - since if ws.closed_at else BOUND + 1, BOUND)
+
+
+    async def test_a_websocket_authorised_just_before_the_change_is_closed_too(self) -> None:
+        """The upgrade was authorised, then waited for the project's ports to be read while the
+        collaborator was removed (after the hub had looked at its open channels)."""
+        await self.start()
+        victim = await self.victim()
+        hub = self.hub.hub
+        assert hub.proxy is not None
+        manager = hub.proxy.manager
+        read_ports = manager.listening_ports
+        gate: defer.Deferred[None] = defer.Deferred()
+        waiting: list[str] = []
+
+        async def slow_ports(project_id: str) -> set[int]:
+            waiting.append(project_id)
+            await gate
+            return await read_ports(project_id)
+
+        self.patch(manager, "listening_ports", slow_ports)
+        hub.proxy.access.forget_project(self.project)  # the ports are read afresh
+        prefix = self.channels_prefix()
+        ws = WsProbe(ws_upgrade(f"{prefix}/ws", "; ".join(f"{k}={v}" for k, v in victim.cookies.items())))
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.hub.port).connect(protocol.Factory.forProtocol(lambda: ws))
+        await until(lambda: bool(waiting), what="the upgrade to wait for the ports")
+        await self.ok(self.owner.post("projects/collaborators/remove",
+                                      {"project_id": self.project, "account_id": victim.account_id}))
+        since = reactor.seconds()
+        feed: Any = next((s for s in hub if s.name == "revocations"), None)  # (before this version: none)
+        if feed is not None:  # it has delivered the change too: its look at open channels is over as well
+            last = await hub.store.last_revocation()
+            await until(lambda: feed.seq is not None and feed.seq >= last, what="the feed to catch up")
+        gate.callback(None)
+        await until(lambda: ws.closed_at is not None, timeout=BOUND, what="the WebSocket to be refused or closed")
+        self.assertLessEqual((ws.closed_at or since + BOUND + 1) - since, BOUND)
 
 
 class PostgresRevocationTests(RevocationSuite, unittest.TestCase):
