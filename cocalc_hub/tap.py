@@ -28,6 +28,7 @@ from cocalc_hub.conat.client import Client, connect
 from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.server import ConatServer, ConatService
 from cocalc_hub.db import StoreService, prepare_store
+from cocalc_hub.db.revocations import Revocation, RevocationFeed
 from cocalc_hub.options import Options  # noqa: F401  (twistd's ServiceMaker reads tap.Options)
 from cocalc_hub.projects.client import ProjectClient, ProjectClientService
 from cocalc_hub.projects.manager import ROOT_REFUSAL, ManagerConfig, ProjectManager
@@ -38,6 +39,7 @@ from cocalc_hub.proxy.access import ProxyAccess
 from cocalc_hub.proxy.conat_forward import ConatForwardResource
 from cocalc_hub.proxy.core import Proxy, ProxyService
 from cocalc_hub.proxy.frontdoor import FrontDoorFactory
+from cocalc_hub.proxy.guard import ChannelGuard
 from cocalc_hub.settings import HTTP_PARTS, Settings, SettingsError, from_options, package_static_dir
 from cocalc_hub.web.api import ApiResource, ApiServices
 from cocalc_hub.web.api import accounts as _accounts_api  # noqa: F401  (registers endpoints)
@@ -281,10 +283,15 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
             known[port] = {number} if isinstance(number, int) else set()
         return known[port]
 
-    return Proxy(reactor=reactor, base_path=settings.base_path, access=access, manager=hub.projects.manager,
-                 names=auth.names, hub_secret=auth.auth.hub_password, trust_proxy=settings.trust_proxy,
-                 system_secret=auth.auth.system_password,
-                 timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
+    proxy = Proxy(reactor=reactor, base_path=settings.base_path, access=access, manager=hub.projects.manager,
+                  names=auth.names, hub_secret=auth.auth.hub_password, trust_proxy=settings.trust_proxy,
+                  system_secret=auth.auth.system_password,
+                  timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
+    # Open tunnels and streaming responses are re-checked (after the caches above are dropped).
+    guard = proxy.guard = ChannelGuard(access, proxy.front_doors)
+    auth.auth.revocations.append(guard.credentials_changed)
+    hub.projects.listeners.append(guard.project_changed)
+    return proxy
 
 
 def origin_policy(settings: Settings) -> OriginPolicy:
@@ -317,6 +324,24 @@ def build_conat(settings: Settings, hub: HubService, reactor: Any) -> ConatServe
     return server
 
 
+def revocations_to(auth: Any, projects: Projects) -> Any:
+    """Revocations read from the database, handed to the same hooks this process's own API
+    calls use (cached decisions dropped, open connections re-checked)."""
+
+    def deliver(events: list[Revocation]) -> None:
+        for kind, value in dict.fromkeys(events):
+            if kind == "session":
+                auth.forget_session(value)
+            elif kind == "account":
+                auth.forget_account(value)
+            elif kind == "key" and value.isdigit():
+                auth.forget_key(int(value))
+            elif kind == "project":
+                projects.changed(value)
+
+    return deliver
+
+
 def build_service(settings: Settings, reactor: Any, observer: ILogObserver | None = None, *,
                   password_cost: dict[str, int] | None = None) -> HubService:
     """Compose the hub from settings: each selected part becomes a child service.
@@ -337,6 +362,9 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
         client = ProjectClient(reactor, settings.base_path)
         ProjectClientService(client).setServiceParent(hub)
         hub.projects = Projects(store, manager, client)
+        hub.projects.listeners.append(auth.auth.forget_project)  # first: the others re-check through it
+        # What other hub processes and cocalc-hub-admin revoke reaches this one's caches and connections.
+        RevocationFeed(store, reactor, revocations_to(auth.auth, hub.projects)).setServiceParent(hub)
         if "proxy-server" in settings.parts:
             # While no administrator exists, a one-time setup link in the log (the pages are here).
             hub.admin_setup = AdminSetup(store, auth.accounts, reactor)
@@ -399,9 +427,12 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
             if conat is not None:
                 conat.close_connections()  # WebSockets would otherwise hold the drain open
 
+        front_door = FrontDoorFactory(web.site, proxy, reactor)
+        if proxy is not None:
+            proxy.front_doors.append(front_door.connections)  # what its guard re-checks on revocations
         hub.web = WebService(reactor, web.site, settings.listen, grace=settings.shutdown_grace,
                              public_url=lambda port: public_url(settings, port), on_drain=on_drain,
-                             factory=FrontDoorFactory(web.site, proxy, reactor))
+                             factory=front_door)
 
         def http_status() -> Status:
             if web.site.draining:

@@ -153,6 +153,8 @@ class Authenticator:
         self._keys: _LRU[str, tuple[float, Caller]] = _LRU(20000)       # api key -> (deadline, caller)
         self._verified: _LRU[str, str] = _LRU(20000)        # api key -> stored hash it matched
         self._touched: _LRU[int, float] = _LRU(20000)
+        self._generation = 0
+        """Bumped when caches are dropped: an answer looked up before that is not cached."""
         self.listeners: list[Callable[[], None]] = []
         """Called whenever cached decisions are dropped (sign-out, password, ban…)."""
         self.revocations: list[Callable[[str, Any], None]] = []
@@ -213,8 +215,10 @@ class Authenticator:
         cached = self._sessions.get(session_hash)
         if cached is not None and cached[0] > self.clock():
             return cached[1]
+        generation = self._generation
         caller = await self._resolve_session(session_hash)
-        self._sessions.put(session_hash, (self.clock() + self.ttl, caller))
+        if generation == self._generation:
+            self._sessions.put(session_hash, (self.clock() + self.ttl, caller))
         return caller
 
     async def _resolve_session(self, session_hash: str) -> Caller:
@@ -233,8 +237,10 @@ class Authenticator:
         cached = self._keys.get(secret)
         if cached is not None and cached[0] > self.clock():
             return cached[1]
+        generation = self._generation
         caller = await self._resolve_key(secret, via)
-        self._keys.put(secret, (self.clock() + self.ttl, caller))
+        if generation == self._generation:
+            self._keys.put(secret, (self.clock() + self.ttl, caller))
         return caller
 
     async def _resolve_key(self, secret: str, via: str) -> Caller:
@@ -299,7 +305,14 @@ class Authenticator:
 
     # invalidation -----------------------------------------------------------------------
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever cached credentials are dropped: a caller identified across a
+        change may predate it (whoever keeps one for long should identify again)."""
+        return self._generation
+
     def _changed(self, kind: str, value: Any) -> None:
+        self._generation += 1
         for listener in list(self.listeners):
             listener()
         for watcher in list(self.revocations):
@@ -321,6 +334,12 @@ class Authenticator:
     def forget_key(self, key_id: int) -> None:
         self._keys.drop_if(lambda _, v: v[1].api_key_id == key_id)
         self._changed("key", key_id)
+
+    def forget_project(self, project_id: str) -> None:
+        """A project's members changed: its project-scoped keys are looked up again (one whose
+        creator left is deleted then). Who uses them hears from the project's own listeners."""
+        self._generation += 1
+        self._keys.drop_if(lambda _, v: v[1].project_id == project_id)
 
     def forget_all(self) -> None:
         self._sessions.clear()

@@ -179,11 +179,19 @@ class Permissions:
         def done(result: Any) -> None:
             if self._inflight.get(key) is waiters:
                 del self._inflight[key]
+            if isinstance(result, bool) and generation != self.generation:
+                # Members changed while asking: the answer may predate that, ask again.
+                for w in waiters:
+                    again = self.member(project_id, account_id)
+                    if isinstance(again, bool):
+                        w.callback(again)
+                    else:
+                        again.chainDeferred(w)
+                return
             if isinstance(result, bool):
-                if generation == self.generation:
-                    if len(self._members) >= self.size:
-                        self._members.clear()
-                    self._members[key] = (self.clock() + self.ttl, result)
+                if len(self._members) >= self.size:
+                    self._members.clear()
+                self._members[key] = (self.clock() + self.ttl, result)
                 for w in waiters:
                     w.callback(result)
             else:

@@ -104,7 +104,11 @@ class ConatAuth:
         if b"cookie" not in handshake.headers:
             return ConatError(f"no auth cookie set; set one of {self._names()}")
         cookies = self.names.effective(handshake.cookies, handshake.secure)
-        caller = await self.auth.identify(cookies, None, CONAT)
+        while True:
+            generation = self.auth.generation
+            caller = await self.auth.identify(cookies, None, CONAT)
+            if generation == self.auth.generation:
+                break  # else a revocation arrived meanwhile: what was read may predate it
         if caller.error is not None:
             return ConatError(caller.error, 429 if caller.code == 429 else None)
         user = user_of(caller)

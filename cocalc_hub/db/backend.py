@@ -81,6 +81,10 @@ class Dialect(abc.ABC):
     def has_group(self) -> str:
         """Boolean ``groups`` contains a group; params: group."""
 
+    def announce(self) -> str | None:
+        """A statement that tells other processes a revocation was committed (None: they poll)."""
+        return None
+
 
 class Tx:
     """One transaction's cursor with the dialect applied."""

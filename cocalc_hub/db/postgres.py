@@ -24,6 +24,8 @@ from cocalc_hub.db.store import DatabaseUnavailable
 T = TypeVar("T")
 log = Logger()
 
+REVOCATIONS_CHANNEL = "cocalc_hub_revocations"
+"""NOTIFY channel of the revocations table (see cocalc_hub.db.revocations)."""
 # Any two hub processes migrating at once serialise on this advisory lock key.
 _MIGRATION_LOCK = 0x0C0CA1C
 
@@ -115,6 +117,9 @@ class PostgresDialect(Dialect):
 
     def has_group(self) -> str:
         return "(?::text = ANY(groups))"
+
+    def announce(self) -> str | None:
+        return f"SELECT pg_notify('{REVOCATIONS_CHANNEL}', '')"  # delivered when the transaction commits
 
 
 def describe(conninfo: str) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from cocalc_hub.db.backend import Backend, Tx
 from cocalc_hub.db.store import (
+    MEMBER_GROUPS,
     Account,
     ApiKey,
     Conflict,
@@ -30,6 +31,9 @@ from cocalc_hub.db.store import (
 )
 
 T = TypeVar("T")
+
+REVOCATIONS_KEPT = timedelta(days=1)
+"""How long revocation rows are kept (a hub that lags further behind misses them)."""
 
 
 _ACCOUNT_COLS = ("account_id, email_address, password_hash, first_name, last_name, created, last_active, "
@@ -71,6 +75,24 @@ class SqlStore(Store):
 
     async def ping(self) -> None:
         await self._read(lambda tx: tx.one("SELECT 1"))
+
+    def _revoked(self, tx: Tx, kind: str, value: object) -> None:
+        """Announce, in the caller's transaction, that access tied to ``value`` was taken away."""
+        now = utcnow()
+        tx.execute("INSERT INTO revocations (kind, value, at) VALUES (?, ?, ?)", (kind, str(value), self.d.ts_in(now)))
+        tx.execute("DELETE FROM revocations WHERE at < ?", (self.d.ts_in(now - REVOCATIONS_KEPT),))
+        announce = self.d.announce()
+        if announce is not None:
+            tx.execute(announce)
+
+    async def last_revocation(self) -> int:
+        row = await self._read(lambda tx: tx.one("SELECT MAX(seq) FROM revocations"))
+        return int(row[0] or 0)
+
+    async def revocations_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str]]:
+        rows = await self._read(lambda tx: tx.all(
+            "SELECT seq, kind, value FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)))
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     async def schema_version(self) -> int:
         row = await self._read(lambda tx: tx.one("SELECT MAX(version) FROM schema_migrations"))
@@ -170,17 +192,26 @@ class SqlStore(Store):
             else:
                 tx.execute("UPDATE accounts SET password_hash = ? WHERE account_id = ? AND password_hash = ?",
                            (password_hash, account_id, expected))
-            return tx.rowcount == 1
+            changed = tx.rowcount == 1
+            if changed and expected is None:  # (expected: a transparent re-hash of the same password)
+                self._revoked(tx, "account", account_id)
+            return changed
 
         return await self._write(tx)
 
     async def set_groups(self, account_id: str, groups: tuple[str, ...]) -> None:
-        await self._write(lambda tx: tx.execute(
-            "UPDATE accounts SET groups = ? WHERE account_id = ?", (self.d.groups_in(groups), account_id)))
+        def tx(tx: Tx) -> None:
+            tx.execute("UPDATE accounts SET groups = ? WHERE account_id = ?", (self.d.groups_in(groups), account_id))
+            self._revoked(tx, "account", account_id)
+
+        await self._write(tx)
 
     async def set_banned(self, account_id: str, banned: bool) -> None:
-        await self._write(lambda tx: tx.execute(
-            "UPDATE accounts SET banned = ? WHERE account_id = ?", (bool(banned), account_id)))
+        def tx(tx: Tx) -> None:
+            tx.execute("UPDATE accounts SET banned = ? WHERE account_id = ?", (bool(banned), account_id))
+            self._revoked(tx, "account", account_id)
+
+        await self._write(tx)
 
     async def touch_account(self, account_id: str, now: datetime | None = None) -> None:
         await self._write(lambda tx: tx.execute(
@@ -203,7 +234,10 @@ class SqlStore(Store):
     async def delete_session(self, session_hash: str) -> bool:
         def tx(tx: Tx) -> bool:
             tx.execute("DELETE FROM remember_me WHERE hash = ?", (session_hash,))
-            return tx.rowcount > 0
+            removed = tx.rowcount > 0
+            if removed:
+                self._revoked(tx, "session", session_hash)
+            return removed
 
         return await self._write(tx)
 
@@ -213,7 +247,10 @@ class SqlStore(Store):
                 tx.execute("DELETE FROM remember_me WHERE account_id = ?", (account_id,))
             else:
                 tx.execute("DELETE FROM remember_me WHERE account_id = ? AND hash <> ?", (account_id, keep_hash))
-            return tx.rowcount
+            removed = tx.rowcount
+            if removed:
+                self._revoked(tx, "account", account_id)
+            return removed
 
         return await self._write(tx)
 
@@ -272,6 +309,8 @@ class SqlStore(Store):
             if name is None and expire is None and not clear_expire:
                 found = tx.one("SELECT 1 FROM api_keys WHERE id = ? AND account_id = ?",
                                (key_id, account_id)) is not None
+            elif found and (expire is not None or clear_expire):
+                self._revoked(tx, "key", int(key_id))
             return found
 
         return await self._write(tx)
@@ -282,7 +321,10 @@ class SqlStore(Store):
                 tx.execute("DELETE FROM api_keys WHERE id = ?", (int(key_id),))
             else:
                 tx.execute("DELETE FROM api_keys WHERE id = ? AND account_id = ?", (int(key_id), account_id))
-            return tx.rowcount > 0
+            removed = tx.rowcount > 0
+            if removed:
+                self._revoked(tx, "key", int(key_id))
+            return removed
 
         return await self._write(tx)
 
@@ -347,7 +389,10 @@ class SqlStore(Store):
         def tx(tx: Tx) -> bool:
             tx.execute(f"UPDATE projects SET users = {self.d.set_key('users')} WHERE project_id = ? AND NOT deleted",
                        (account_id, self.d.json_in({"group": group}), project_id))
-            return tx.rowcount == 1
+            changed = tx.rowcount == 1
+            if changed and group not in MEMBER_GROUPS:
+                self._revoked(tx, "project", project_id)
+            return changed
 
         return await self._write(tx)
 
@@ -355,14 +400,20 @@ class SqlStore(Store):
         def tx(tx: Tx) -> bool:
             tx.execute(f"UPDATE projects SET users = {self.d.remove_key('users')} WHERE project_id = ? "
                        f"AND {self.d.has_user()}", (account_id, project_id, account_id))
-            return tx.rowcount == 1
+            changed = tx.rowcount == 1
+            if changed:
+                self._revoked(tx, "project", project_id)
+            return changed
 
         return await self._write(tx)
 
     async def delete_project(self, project_id: str) -> bool:
         def tx(tx: Tx) -> bool:
             tx.execute("UPDATE projects SET deleted = ? WHERE project_id = ? AND NOT deleted", (True, project_id))
-            return tx.rowcount == 1
+            changed = tx.rowcount == 1
+            if changed:
+                self._revoked(tx, "project", project_id)
+            return changed
 
         return await self._write(tx)
 

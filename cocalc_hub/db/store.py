@@ -193,6 +193,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
 
+    # revocations (written by the methods that take access away) --------------------------
+
+    @abc.abstractmethod
+    async def last_revocation(self) -> int:
+        """The newest revocation's sequence number (0: none)."""
+
+    @abc.abstractmethod
+    async def revocations_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str]]:
+        """(seq, kind, value) after ``seq``, oldest first: kind is session (value: its hash),
+        account (account_id), key (API key id) or project (project_id)."""
+
     # accounts ---------------------------------------------------------------------
 
     @abc.abstractmethod

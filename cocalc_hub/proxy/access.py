@@ -4,14 +4,16 @@ Allowed: the project's owner and collaborators (remember_me session, ``api_key``
 or Bearer/Basic API key of theirs), a key scoped to this very project, and admins.
 Everyone else gets 401 (no or bad credentials) or 403 (signed in, not a member), and
 the backend sees nothing. Decisions are cached for half a second and dropped at once
-when this process changes a project's members or signs a session out.
+when access is revoked (by this process, another hub or the admin CLI: see
+cocalc_hub.db.revocations); :meth:`ProxyAccess.recheck` decides again, uncached, for the
+connections that stay open (cocalc_hub.proxy.guard).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -60,6 +62,10 @@ class Decision:
     caller: Caller
     cookie: bytes | None
     """The request's Cookie header with the hub's cookies removed (None: send none)."""
+    key: _Key | None = None
+    """What it was decided for (see _Key)."""
+    generation: int = -1
+    """ProxyAccess's generation when it was decided (see :meth:`ProxyAccess.current`)."""
 
 
 class ProxyAccess:
@@ -74,6 +80,8 @@ class ProxyAccess:
         self._pending: dict[_Key, defer.Deferred[Decision]] = {}
         self._ports: dict[str, tuple[float, Ports]] = {}
         self._reading: dict[str, defer.Deferred[Ports]] = {}
+        self._generation = 0
+        """Bumped when decisions are dropped: one being made before that is not cached."""
 
     def cached(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
                secure: bool = False) -> Decision | None:
@@ -94,15 +102,34 @@ class ProxyAccess:
             # Concurrent requests with the same credentials share one decision.
             pending = defer.ensureDeferred(self._decide_and_cache(key))
             self._pending[key] = pending
-            pending.addBoth(self._settled, key)
+            pending.addBoth(self._settled, key, pending)
         return await _follow(pending)
 
-    def _settled(self, result: Any, key: _Key) -> Any:
-        self._pending.pop(key, None)
+    def _settled(self, result: Any, key: _Key, pending: Any) -> Any:
+        if self._pending.get(key) is pending:
+            del self._pending[key]
         return result
 
+    def current(self, decision: Decision) -> bool:
+        """No revocation arrived since ``decision`` was made (one that waited, e.g. for the
+        project's ports, may have been overtaken)."""
+        if decision.generation == self._generation:
+            return True
+        hit = self._decisions.get(decision.key) if decision.key is not None else None
+        return hit is not None and hit[1] is decision  # (a revocation would have dropped it)
+
+    async def recheck(self, decision: Decision) -> Decision:
+        """Decide again what ``decision`` was decided for, ignoring (and refreshing) the cache."""
+        assert decision.key is not None
+        return await self._decide_and_cache(decision.key)
+
     async def _decide_and_cache(self, key: _Key) -> Decision:
-        decision = await self._decide(*key)
+        while True:
+            generation = self._generation
+            decision = replace(await self._decide(*key), key=key, generation=generation)
+            if generation == self._generation:
+                break
+            # Access was revoked while deciding: what was read may predate it, decide again.
         self._decisions[key] = (self.clock.seconds() + self.ttl, decision)
         self._decisions.move_to_end(key)
         while len(self._decisions) > MAX_ENTRIES:
@@ -135,12 +162,17 @@ class ProxyAccess:
                         cookie_out)
 
     def forget_project(self, project_id: str) -> None:
+        self._generation += 1
         for key in [k for k in self._decisions if k[2] == project_id]:
             del self._decisions[key]
+        for key in [k for k in self._pending if k[2] == project_id]:
+            del self._pending[key]  # a request from now on must not join a decision begun before
         self._ports.pop(project_id, None)
 
     def forget_all(self) -> None:
+        self._generation += 1
         self._decisions.clear()
+        self._pending.clear()
 
     # port ownership -----------------------------------------------------------------------
 

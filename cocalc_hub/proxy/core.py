@@ -40,6 +40,14 @@ class Proxy:
         self.csrf_token = csrf_token
         self.pool = BackendPool(reactor, verify=self.verify)
         self.tunnels = 0
+        self.front_doors: list[set[Any]] = []
+        """Each front door factory's open connections (cocalc_hub.proxy.guard looks in them)."""
+        self.guard: Any = None
+        """The ChannelGuard (cocalc_hub.proxy.guard), told of each exchange that starts."""
+
+    def exchange_started(self, front: Any, exchange: Any) -> None:
+        if self.guard is not None:
+            self.guard.started(front, exchange)
 
     def verify(self, target: Target, conn: BackendConnection) -> defer.Deferred[str | None]:
         """Did a new backend connection reach the project's own socket? (None: yes)."""

@@ -503,6 +503,7 @@ class FrontDoor(protocol.Protocol):
         exchange.started = started
         exchange.route, exchange.decision = route, decision  # for an error page's advice
         self.exchange = exchange
+        exchange.proxy.exchange_started(self, exchange)
         exchange.start()
         if self.buf and not exchange.finished:
             data, self.buf = self.buf, b""
@@ -583,14 +584,14 @@ class FrontDoor(protocol.Protocol):
         self._log(exchange.req, exchange.status or 502, exchange.sent, exchange.started, "proxy")
         self.abort()
 
-    def start_tunnel(self, exchange: Exchange, conn: BackendConnection, head: bytes) -> None:
+    def start_tunnel(self, exchange: Exchange, conn: BackendConnection, head: bytes, rest: bytes) -> None:
         assert self.proxy is not None
         self.exchange = None
         self.state = TUNNEL
         self.proxy.tunnels += 1
-        self.client_write(head)
+        self.client_write(head + rest)
         self._log(exchange.req, 101, 0, exchange.started, "proxy-ws")
-        self.tunnel = Tunnel(self, conn)
+        self.tunnel = Tunnel(self, conn, exchange, rest)
         rest, self.buf = self.buf, b""
         if rest:
             self.tunnel.client_data(rest)

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from cocalc_hub.proxy.backend import BackendConnection, Refused, Target
 from cocalc_hub.proxy.headers import OffSite
 from cocalc_hub.proxy.http1 import LAST_CHUNK, BodyFramer, HttpError, RequestHead, ResponseHead, chunk, parse_response
+from cocalc_hub.proxy.wsframes import POLICY_VIOLATION, FrameEdges, close_frame
 
 if TYPE_CHECKING:
     from cocalc_hub.proxy.access import Decision
@@ -374,7 +375,7 @@ class Exchange:
             self.front.exchange_aborted(self, "the backend's 101 carried an off-site redirect")
             return
         rest, self.resp_buf = self.resp_buf, b""
-        self.front.start_tunnel(self, conn, head + rest)
+        self.front.start_tunnel(self, conn, head, rest)
 
 
 def release(consumer: Any, producer: Any) -> None:
@@ -386,12 +387,20 @@ def release(consumer: Any, producer: Any) -> None:
 
 
 class Tunnel:
-    """Two connections spliced together after a 101: bytes both ways, back-pressure both ways."""
+    """Two connections spliced together after a 101: bytes both ways, back-pressure both ways.
 
-    def __init__(self, front: FrontDoor, conn: BackendConnection) -> None:
+    It keeps what was authorised (``decision``, ``route``) so that the proxy's guard can
+    re-check it when access is revoked, and where the backend's frames end, so that
+    :meth:`revoke` can tell the browser why (close code 1008) before closing both sides."""
+
+    def __init__(self, front: FrontDoor, conn: BackendConnection, exchange: Exchange, sent: bytes = b"") -> None:
         self.front = front
         self.conn = conn
         self.closed = False
+        self.decision = exchange.decision
+        self.route = exchange.route
+        self.frames = FrameEdges()
+        self.frames.feed(sent)
         conn.handler = self
         client, backend = front.transport, conn.transport
         if client is not None and backend is not None:
@@ -404,7 +413,26 @@ class Tunnel:
 
     def backend_data(self, data: bytes) -> None:
         if not self.closed:
+            self.frames.feed(data)
             self.front.client_write(data)
+
+    def revoke(self, reason: str) -> None:
+        """Access was taken away: close 1008 to the browser (between two frames; else just
+        close the connection), then close the backend side."""
+        if self.closed:
+            return
+        self.closed = True
+        transports: tuple[Any, Any] = (self.front.transport, self.conn.transport)
+        for transport in transports:
+            if transport is not None and getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()  # a paused side must not hold the close back
+        if self.frames.at_boundary:
+            self.front.client_write(close_frame(POLICY_VIOLATION, reason))
+            self.front.close_after_tunnel(clean=True)
+        else:
+            self.front.close_after_tunnel(clean=False)
+        if self.conn.transport is not None:
+            self.conn.transport.abortConnection()  # type: ignore[attr-defined]
 
     def backend_lost(self, reason: Failure) -> None:
         if not self.closed:
