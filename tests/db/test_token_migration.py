@@ -38,7 +38,7 @@ class MigrationSuite:
         await store.set_project_state(project.project_id, {"state": "running"}, secret_token=PLAIN)
         await store.close()
         case.patch(module, "migrations", backend.migrations)
-        case.assertEqual(await threads.deferToThread(store.prepare), 3)
+        case.assertEqual(await threads.deferToThread(store.prepare), len(backend.migrations(self.kind)))
         await store.open()
         case.addCleanup(store.close)
         stored = (await store.get_project(project.project_id)).secret_token  # type: ignore[union-attr]

@@ -300,16 +300,16 @@ class SQLiteRevocationTests(RevocationSuite, unittest.TestCase):
         hub = self.hub.hub
         assert hub.proxy is not None
         manager = hub.proxy.manager
-        read_ports = manager.listening_ports
+        read_ports = manager.port_targets
         gate: defer.Deferred[None] = defer.Deferred()
         waiting: list[str] = []
 
-        async def slow_ports(project_id: str) -> set[int]:
+        async def slow_ports(project_id: str) -> dict[int, str]:
             waiting.append(project_id)
             await gate
             return await read_ports(project_id)
 
-        self.patch(manager, "listening_ports", slow_ports)
+        self.patch(manager, "port_targets", slow_ports)
         hub.proxy.access.forget_project(self.project)  # the ports are read afresh
         prefix = self.channels_prefix()
         ws = WsProbe(ws_upgrade(f"{prefix}/ws", "; ".join(f"{k}={v}" for k, v in victim.cookies.items())))
