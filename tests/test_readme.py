@@ -143,3 +143,20 @@ class ReadmeParsingTests(unittest.TestCase):
         env, argv = as_argv(commands[1])
         self.assertEqual(env, {"CONAT_SERVER": "http://127.0.0.1:5000"})
         self.assertEqual(argv[:2], ["cocalc-hub", "--conat-persist"])
+
+
+class ReadmeRenderingTests(unittest.TestCase):
+    """README.rst is the package's long description: PyPI (and every RST viewer) renders it,
+    and a malformed table or section there is shown as an error or raw text."""
+
+    def test_readmes_render_without_warnings(self) -> None:
+        import io
+
+        import docutils.core
+
+        for name in ("README.rst", "benchmarks/README.rst"):
+            problems = io.StringIO()
+            docutils.core.publish_doctree((REPO / name).read_text(), source_path=name,
+                                          settings_overrides={"report_level": 2, "halt_level": 5,
+                                                              "warning_stream": problems})
+            self.assertEqual(problems.getvalue(), "", name)
