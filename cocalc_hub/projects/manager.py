@@ -207,8 +207,12 @@ class ProjectManager(service.Service):
                 return project
             if project.state_name not in ("running", "starting", "stopping"):
                 return project
-            if project.state_name == "running" or self.reactor.seconds() >= deadline or \
-                    (isinstance(pid, int) and not owned):
+            # A process still starting may not show whose it is yet (between fork and exec it
+            # has the hub's environment and uid): while it lives it is not taken for dead, or
+            # this hub would start the project again and kill it as a leftover.
+            gone = isinstance(pid, int) and not owned and not (
+                project.state_name == "starting" and await self.blocking(self.ptable.alive, pid))
+            if project.state_name == "running" or self.reactor.seconds() >= deadline or gone:
                 await self._set(project_id, "opened", expect=(project.state_name,), clear_secret=True, status={})
                 return await self._project(project_id)
             # The transition is another hub process's: only the store tells, and it has no change

@@ -17,7 +17,7 @@ from cocalc_hub.auth import project_tokens
 from cocalc_hub.projects.manager import ManagerConfig, ProjectManager
 from cocalc_hub.projects.program import ProjectError
 from tests.db.support import open_store
-from tests.support import until
+from tests.support import settle, until
 
 
 class FakeTransport:
@@ -56,6 +56,8 @@ class FakeTable:
 
     def __init__(self) -> None:
         self.alive_pids: set[int] = set()
+        self.unrecognisable: set[int] = set()
+        """Live pids that do not show their project yet (forked, not yet exec'd)."""
         self.ports: set[int] = set()
         self.group_signals: list[tuple[int, int]] = []
         self.killed_projects: list[str] = []
@@ -71,7 +73,7 @@ class FakeTable:
         return 0
 
     def belongs_to(self, pid: int, project_id: str, uid: int | None = None) -> bool:
-        return pid in self.alive_pids
+        return pid in self.alive_pids and pid not in self.unrecognisable
 
     def alive(self, pid: int) -> bool:
         return pid in self.alive_pids
@@ -230,6 +232,46 @@ class ManagerUnitTests(unittest.TestCase):
         self.assertIn("stopped unexpectedly (exit code 139)", project.state["error"])
         self.assertIn("segfault in module x", project.status["last_output"])
         self.assertIsNone(self.manager.local_target(self.pid))
+
+    async def test_another_hub_waits_for_a_start_that_has_not_reached_exec(self) -> None:
+        # Hub A has spawned the program; until exec it has A's environment and uid, so it is
+        # not recognisably the project's. Hub B, asked to start the same project, must wait
+        # for A's start rather than take that process for dead, start its own and kill A's.
+        first = defer.ensureDeferred(self.manager.start(self.pid))
+        await until(lambda: bool(self.fake.spawned))
+        proto, transport, _, _ = self.last()
+        self.table.alive_pids.add(transport.pid)
+        self.table.unrecognisable.add(transport.pid)
+
+        async def pid_recorded() -> bool:
+            project = await self.state()
+            return bool(project.status and project.status.get("project.pid") == transport.pid)
+
+        await until(pid_recorded, what="hub A to record its process")
+        other = ProjectManager(self.store, self.manager.config, self.fake, procs=self.table,
+                               blocking=lambda fn, *a, **kw: defer.maybeDeferred(fn, *a, **kw))
+        second = defer.ensureDeferred(other.start(self.pid))
+        for _ in range(20):  # two seconds of B looking at the store
+            self.fake.advance(0.1)
+            await settle(0.01)
+        self.assertEqual(len(self.fake.spawned), 1)
+        self.assertEqual((await self.state()).state_name, "starting")
+        self.assertFalse(second.called)
+
+        self.table.unrecognisable.discard(transport.pid)  # exec'd: now it is the project's
+        self.table.ports = {4242}
+        proto.childDataReceived(3, b'READY {"http_port": 4242, "pid": 1}\n')
+        self.assertEqual((await first)["state"], "running")
+
+        async def b_done() -> bool:
+            self.fake.advance(0.1)
+            return second.called
+
+        await until(b_done, what="hub B to see the project running")
+        result = await second
+        self.assertEqual((result["state"], result["project.pid"]), ("running", transport.pid))
+        self.assertEqual(len(self.fake.spawned), 1)
+        self.assertEqual(self.table.killed_projects, [self.pid])  # A's leftover check only
 
     async def test_start_while_running_is_a_no_op(self) -> None:
         first = await self.start_running()
