@@ -413,7 +413,9 @@ class FrontDoor(protocol.Protocol):
             return
         raw_port, token = target
         if route.kind == "raw":
-            backend = Target(route.project_id, "127.0.0.1", raw_port, verify=False)
+            # Verified like any port: the request carries the project's secret token, and a
+            # dead project's port may have been taken by someone else's server.
+            backend = Target(route.project_id, "127.0.0.1", raw_port)
         else:
             assert route.port is not None
             port = route.port
