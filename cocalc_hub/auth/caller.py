@@ -21,7 +21,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 
 from cocalc_hub.auth import apikeys, project_tokens
-from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header, remember_me_hash
+from cocalc_hub.auth.cookies import CookieNames, remember_me_hash
 from cocalc_hub.auth.passwords import LegacyHashError
 from cocalc_hub.db.store import MEMBER_GROUPS, Store, is_uuid, normalize_uuid, utcnow
 
@@ -162,11 +162,6 @@ class Authenticator:
         or ("all", None); long-lived connections use it to re-check their callers."""
 
     # the entry points -------------------------------------------------------------
-
-    async def from_request(self, request: Any, schemes: Sequence[str] = HTTP) -> Caller:
-        cookie_headers = request.requestHeaders.getRawHeaders(b"cookie") or []
-        cookies = parse_cookie_header(b"; ".join(cookie_headers))
-        return await self.identify(cookies, request.getHeader(b"authorization"), schemes)
 
     async def identify(self, cookies: Mapping[str, str], authorization: bytes | str | None,
                        schemes: Sequence[str] = HTTP) -> Caller:
