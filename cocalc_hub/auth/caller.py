@@ -13,7 +13,7 @@ import base64
 import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -231,7 +231,8 @@ class Authenticator:
         """An API key (header or cookie) → an account or project caller, or an error caller."""
         cached = self._keys.get(secret)
         if cached is not None and cached[0] > self.clock():
-            return cached[1]
+            # The same key may come as a header or as a cookie: say how it came this time.
+            return cached[1] if cached[1].via == via else replace(cached[1], via=via)
         generation = self._generation
         caller = await self._resolve_key(secret, via)
         if generation == self._generation:

@@ -407,6 +407,10 @@ class FrontDoor(protocol.Protocol):
         assert proxy is not None
         manager = proxy.manager
         caller = decision.caller
+        if req.upgrade == b"websocket" and proxy.cross_site_upgrade(req, self.secure, caller.via) is not None:
+            self._respond(req, 403, "A WebSocket into a project with your sign-in cookie is only accepted from "
+                          "this site's own pages.", started, ctx=pages.member(self.factory.plain, route, decision))
+            return
         target = manager.local_target(route.project_id)
         if target is None:
             self._not_running(req, route, decision, started)
