@@ -269,6 +269,7 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
     assert hub.auth is not None and hub.projects is not None and hub.projects.manager is not None
     auth = hub.auth
     access = ProxyAccess(auth.auth, hub.store, auth.names, reactor)
+    origins = origin_policy(settings)
     auth.auth.listeners.append(access.forget_all)
     hub.projects.listeners.append(access.forget_project)
 
@@ -286,7 +287,9 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
     proxy = Proxy(reactor=reactor, base_path=settings.base_path, access=access, manager=hub.projects.manager,
                   names=auth.names, hub_secret=auth.auth.hub_password, trust_proxy=settings.trust_proxy,
                   system_secret=auth.auth.system_password,
-                  timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
+                  timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token,
+                  foreign_origin=lambda origin, host, secure: origins.foreign_origin(
+                      origin, origins.origin_of(host, secure)))
     # Open tunnels and streaming responses are re-checked (after the caches above are dropped).
     guard = proxy.guard = ChannelGuard(access, proxy.front_doors)
     auth.auth.revocations.append(guard.credentials_changed)
@@ -295,7 +298,8 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
 
 
 def origin_policy(settings: Settings) -> OriginPolicy:
-    """Who may open a conat WebSocket with a browser's session cookie (cocalc_hub.web.origins)."""
+    """Who may open a conat WebSocket, or one into a project, with a browser's cookie
+    (cocalc_hub.web.origins)."""
     return OriginPolicy(settings.conat_allowed_origins, trust_proxy=settings.trust_proxy)
 
 

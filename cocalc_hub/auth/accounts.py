@@ -148,13 +148,20 @@ class Accounts:
         mode = await self.signup_mode()
         if mode == "closed":
             raise AuthError(403, "sign-up is closed on this server")
+        token: str | None = None
         if mode == "token":
             if not isinstance(registration_token, str) or not registration_token.strip():
                 raise AuthError(403, "a registration token is required to sign up")
-            if not await self.store.redeem_registration_token(registration_token.strip(), utcnow()):
+            token = registration_token.strip()
+            if not await self.store.redeem_registration_token(token, utcnow()):
                 raise AuthError(403, "that registration token is not valid")
         if not await self.hides_emails():
-            account = await self.create(email_address, password, first, last)
+            try:
+                account = await self.create(email_address, password, first, last)
+            except AuthError:
+                if token is not None:  # no account was made: the token's use is given back
+                    await self.store.return_registration_token(token)
+                raise
             if address:
                 self.signup_throttle.record(address)
             log.info("new account {account_id}", account_id=account.account_id)
@@ -169,6 +176,8 @@ class Accounts:
             account = await self.store.create_account(email_address=email_address, password_hash=password_hash,
                                                       first_name=first, last_name=last)
         except Conflict:
+            if token is not None:  # redeemed only by an account actually made
+                await self.store.return_registration_token(token)
             log.info("sign-up for an email address that has an account, from {ip} (not revealed)",
                      ip=client_ip or "-")
             return None

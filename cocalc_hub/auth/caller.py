@@ -13,7 +13,7 @@ import base64
 import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +21,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 
 from cocalc_hub.auth import apikeys, project_tokens
-from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header, remember_me_hash
+from cocalc_hub.auth.cookies import CookieNames, remember_me_hash
 from cocalc_hub.auth.passwords import LegacyHashError
 from cocalc_hub.db.store import MEMBER_GROUPS, Store, is_uuid, normalize_uuid, utcnow
 
@@ -163,11 +163,6 @@ class Authenticator:
 
     # the entry points -------------------------------------------------------------
 
-    async def from_request(self, request: Any, schemes: Sequence[str] = HTTP) -> Caller:
-        cookie_headers = request.requestHeaders.getRawHeaders(b"cookie") or []
-        cookies = parse_cookie_header(b"; ".join(cookie_headers))
-        return await self.identify(cookies, request.getHeader(b"authorization"), schemes)
-
     async def identify(self, cookies: Mapping[str, str], authorization: bytes | str | None,
                        schemes: Sequence[str] = HTTP) -> Caller:
         """The caller these credentials prove, trying ``schemes`` in order."""
@@ -236,7 +231,8 @@ class Authenticator:
         """An API key (header or cookie) → an account or project caller, or an error caller."""
         cached = self._keys.get(secret)
         if cached is not None and cached[0] > self.clock():
-            return cached[1]
+            # The same key may come as a header or as a cookie: say how it came this time.
+            return cached[1] if cached[1].via == via else replace(cached[1], via=via)
         generation = self._generation
         caller = await self._resolve_key(secret, via)
         if generation == self._generation:

@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
-from cocalc_hub.conat.connection import Connection, Interest, Routed, Subscription, Waiter
+from cocalc_hub.conat.connection import Connection, Interest, Routed, Subscription, Waiter, owns_reply
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.patterns import Index, is_valid_subject, is_valid_subject_without_wildcards, matches
 from cocalc_hub.conat.permissions import OPEN_USER, PUB, SUB, Permissions, User, project_of
@@ -305,6 +305,8 @@ class Broker:
             return 0
         msg = Routed(subject, mid, seq, done, encoding, raw, headers, headers_json)
         reply = headers.get("CN-Reply") if headers else None
+        if isinstance(reply, str) and conn is not None and not owns_reply(conn.user, reply):
+            reply = None  # delivered, but answerable only by the inbox's owner
         single = seq == 0 and bool(done)
         count = 0
         deliveries = 0

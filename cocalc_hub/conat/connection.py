@@ -104,8 +104,24 @@ class Interest:
         self.silent = pattern == ">"
 
 
-MAX_REPLIES = 10000
-"""Reply subjects remembered per connection (requests it may still answer)."""
+MAX_REPLIES = 2000
+"""Reply subjects remembered per connection (requests it may still answer); past it the
+expired ones go, then the least recently used."""
+REPLY_TTL = 600.0
+"""Seconds a request delivered here stays answerable while unanswered."""
+REPLY_IDLE = 60.0
+"""Seconds a reply subject stays answerable after each reply published to it. The broker
+cannot tell ``request`` from ``requestMany`` (upstream marks neither), so a stream of
+replies keeps its subject alive and a single reply lets it lapse soon after."""
+
+
+def owns_reply(user: User | None, reply: str) -> bool:
+    """May a request from ``user`` name ``reply`` as its reply subject? Only its own inbox
+    (``_INBOX.<kind>-<id>.``, the one the subscription rules let it read), unless it is
+    the hub or the system."""
+    if user is None or user.is_hub:
+        return True
+    return reply.startswith(f"_INBOX.{user.kind}-{user.id}.")
 
 
 class Connection:
@@ -132,9 +148,10 @@ class Connection:
         self.sticky: dict[tuple[Any, int, str], Subscription] = {}
         self.pub_cache: dict[str, tuple[bool, int]] = {}
         self.sub_cache: dict[str, tuple[bool, int]] = {}
-        self.replies: OrderedDict[str, None] = OrderedDict()
-        """Reply subjects (``CN-Reply``) of requests delivered here: the only other clients'
-        inboxes this client may publish to (at most MAX_REPLIES, newest kept)."""
+        self.replies: OrderedDict[str, float] = OrderedDict()
+        """Reply subjects (``CN-Reply``) of requests delivered here, each with the time it
+        lapses: the only other clients' inboxes this client may publish to."""
+        self.replies_pruned = 0.0
         now = time.time()
         self.stats: dict[str, Any] = {
             "send": {"messages": 0, "bytes": 0}, "recv": {"messages": 0, "bytes": 0}, "subs": 0,
@@ -199,7 +216,7 @@ class Connection:
         if kind == PUB and subject.startswith("_INBOX."):
             # Upstream lets anyone publish to any inbox; here only to one's own, or as the
             # answer to a request this connection was given (no spoofed replies).
-            return subject.startswith(f"_INBOX.{user.kind}-{user.id}.") or subject in self.replies
+            return subject.startswith(f"_INBOX.{user.kind}-{user.id}.") or self._answering(subject)
         perms = self.broker.permissions
         cache = self.pub_cache if kind == PUB else self.sub_cache
         hit = cache.get(subject)
@@ -221,13 +238,32 @@ class Connection:
         return verdict.addCallback(remember)
 
     def may_answer(self, reply: Any) -> None:
-        """A request with this reply subject was delivered here."""
+        """A request with this reply subject was delivered here (its publisher owns it)."""
         if isinstance(reply, str) and self.user is not None and not self.user.is_hub:
+            now = self.broker.reactor.seconds()
             replies = self.replies
-            replies[reply] = None
+            replies[reply] = now + REPLY_TTL
             replies.move_to_end(reply)
             if len(replies) > MAX_REPLIES:
-                replies.popitem(last=False)
+                if now - self.replies_pruned >= 1.0:
+                    self.replies_pruned = now
+                    for subject in [s for s, lapses in replies.items() if lapses <= now]:
+                        del replies[subject]
+                while len(replies) > MAX_REPLIES:
+                    replies.popitem(last=False)
+
+    def _answering(self, subject: str) -> bool:
+        """May this client reply on ``subject`` now? If so it has REPLY_IDLE more seconds."""
+        lapses = self.replies.get(subject)
+        if lapses is None:
+            return False
+        now = self.broker.reactor.seconds()
+        if lapses <= now:
+            del self.replies[subject]
+            return False
+        self.replies[subject] = now + REPLY_IDLE
+        self.replies.move_to_end(subject)
+        return True
 
     def forget_cache(self) -> None:
         self.pub_cache.clear()

@@ -527,6 +527,10 @@ class SqlStore(Store):
 
         return await self._write(tx)
 
+    async def return_registration_token(self, token: str) -> None:
+        await self._write(lambda tx: tx.execute(
+            "UPDATE registration_tokens SET counter = counter - 1 WHERE token = ? AND counter > 0", (token,)))
+
     # the first administrator ---------------------------------------------------------------
 
     async def count_admins(self) -> int:

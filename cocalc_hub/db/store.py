@@ -366,6 +366,10 @@ class Store(abc.ABC):
     async def redeem_registration_token(self, token: str, now: datetime | None = None) -> bool:
         """Atomically check (exists, enabled, unexpired, under its limit) and count one use."""
 
+    @abc.abstractmethod
+    async def return_registration_token(self, token: str) -> None:
+        """Give back one use counted by redeem_registration_token (no account was made)."""
+
     # the first administrator ------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -124,7 +124,15 @@ def _words(raw: bytes) -> str:
 
 
 def _diag(family: int, states: int, sockid: bytes, dump: bool) -> list[Entry]:
-    """One sock_diag request; raises OSError (ENOENT: no such socket)."""
+    """One sock_diag request; raises OSError (ENOENT: no such socket; EPROTO: an answer
+    too short to read), so that callers fall back to /proc."""
+    try:
+        return _ask(family, states, sockid, dump)
+    except struct.error as e:
+        raise OSError(errno.EPROTO, f"malformed netlink answer ({e})") from None
+
+
+def _ask(family: int, states: int, sockid: bytes, dump: bool) -> list[Entry]:
     body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, states) + sockid
     flags = _NLM_F_REQUEST | (_NLM_F_DUMP if dump else 0)
     out: list[Entry] = []

@@ -54,7 +54,8 @@ class Target:
     """127.0.0.1 or ::1: where the project itself listens."""
     port: int
     verify: bool = True
-    """Check each new connection's peer (the raw server's port was checked at start)."""
+    """Check each new connection's peer before anything is sent (every route does: even the
+    raw server's port, checked at start, may have changed hands since)."""
 
 
 class Refused(Exception):

@@ -20,12 +20,16 @@ from cocalc_hub.proxy.parse import Route, parse_route
 
 log = Logger()
 
+ForeignOrigin = Callable[[bytes | None, bytes | None, bool], str | None]
+COOKIE_VIAS = frozenset({"remember_me", "api_key"})
+"""Credentials a browser sends on its own, from any site's page (cookies)."""
+
 
 class Proxy:
     def __init__(self, *, reactor: Any, base_path: str, access: ProxyAccess, manager: ProjectManager,
                  names: CookieNames, hub_secret: str | None, trust_proxy: bool, timeout: float,
                  hub_ports: Callable[[], set[int]], csrf_token: Callable[[str], str] | None = None,
-                 system_secret: str | None = None) -> None:
+                 system_secret: str | None = None, foreign_origin: ForeignOrigin | None = None) -> None:
         self.reactor = reactor
         self.base = b"" if base_path == "/" else base_path.encode("ascii")
         self.base_path = base_path
@@ -38,6 +42,9 @@ class Proxy:
         self.timeout = timeout
         self.hub_ports = hub_ports
         self.csrf_token = csrf_token
+        self.foreign_origin = foreign_origin
+        """(Origin header, Host the browser used, HTTPS?) → the Origin if it is another
+        site's and not allowed (cocalc_hub.web.origins.OriginPolicy), else None."""
         self.pool = BackendPool(reactor, verify=self.verify)
         self.tunnels = 0
         self.front_doors: list[set[Any]] = []
@@ -110,6 +117,18 @@ class Proxy:
             proto = req.get(b"x-forwarded-proto")
             return proto is not None and proto.split(b",")[0].strip().lower() == b"https"
         return False
+
+    def cross_site_upgrade(self, req: RequestHead, transport_secure: bool, via: str) -> str | None:
+        """The other site's Origin of a WebSocket upgrade authenticated by a cookie the
+        browser sends whatever page opens it (session or ``api_key``), else None."""
+        if self.foreign_origin is None or via not in COOKIE_VIAS:
+            return None
+        origin = self.foreign_origin(req.get(b"origin"), self.browser_host(req),
+                                     self.browser_secure(req, transport_secure))
+        if origin is not None:
+            log.info("proxy: refused a cookie-authenticated WebSocket into a project from origin {origin!r}",
+                     origin=origin[:200])
+        return origin
 
     def close(self) -> None:
         self.pool.close_all()

@@ -407,13 +407,19 @@ class FrontDoor(protocol.Protocol):
         assert proxy is not None
         manager = proxy.manager
         caller = decision.caller
+        if req.upgrade == b"websocket" and proxy.cross_site_upgrade(req, self.secure, caller.via) is not None:
+            self._respond(req, 403, "A WebSocket into a project with your sign-in cookie is only accepted from "
+                          "this site's own pages.", started, ctx=pages.member(self.factory.plain, route, decision))
+            return
         target = manager.local_target(route.project_id)
         if target is None:
             self._not_running(req, route, decision, started)
             return
         raw_port, token = target
         if route.kind == "raw":
-            backend = Target(route.project_id, "127.0.0.1", raw_port, verify=False)
+            # Verified like any port: the request carries the project's secret token, and a
+            # dead project's port may have been taken by someone else's server.
+            backend = Target(route.project_id, "127.0.0.1", raw_port)
         else:
             assert route.port is not None
             port = route.port

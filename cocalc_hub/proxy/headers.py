@@ -18,7 +18,7 @@ from collections.abc import Callable
 from cocalc_hub.auth.cookies import set_cookie_names
 from cocalc_hub.proxy.credentials import CredentialFinder
 from cocalc_hub.proxy.http1 import Headers
-from cocalc_hub.proxy.redirects import refresh_url, stays_on_site
+from cocalc_hub.proxy.redirects import UnparsableRefresh, refresh_url, stays_on_site
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade", b"proxy-authorization", b"proxy-authenticate"})
@@ -120,7 +120,10 @@ def response_headers(headers: Headers, *, reserved: Callable[[str], bool], backe
             if 300 <= status < 400 and not stays_on_site(value, own_host, secure):
                 raise OffSite("location")
         elif key == b"refresh":
-            url = refresh_url(value)
+            try:
+                url = refresh_url(value)
+            except UnparsableRefresh:
+                raise OffSite("refresh") from None
             if url is not None and not stays_on_site(url, own_host, secure):
                 raise OffSite("refresh")
         out.append(key + b": " + value)

@@ -65,12 +65,63 @@ def _own(own_host: bytes, scheme: bytes) -> bytes:
     return _host_port(own_host.strip(), scheme)
 
 
+_ASCII_WS = b"\t\n\x0c\r "
+
+
+class UnparsableRefresh(ValueError):
+    """A ``Refresh`` value with something after its delay that the declarative refresh
+    steps cannot read: refused rather than guessed at (fail closed)."""
+
+
+def _skip(value: bytes, pos: int, chars: bytes) -> int:
+    while pos < len(value) and value[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _take(value: bytes, pos: int, word: bytes) -> int | None:
+    """Position after ``word`` (ASCII case-insensitive) at ``pos``, else None."""
+    end = pos + len(word)
+    return end if value[pos:end].lower() == word else None
+
+
 def refresh_url(value: bytes) -> bytes | None:
-    """The URL of a ``Refresh: 5; url=…`` header, if it has one."""
-    m = re.search(rb"(?i)[;,\s]\s*url\s*=\s*(.*)", b" " + value)
-    if m is None:
+    """The URL a browser would load for a ``Refresh`` header, None for a plain reload.
+
+    The HTML standard's shared declarative refresh steps: blanks, a delay (digits, then any
+    digits and dots), then optionally ``;`` or ``,`` with blanks around, then optionally
+    ``url`` blanks ``=`` blanks, and the rest, optionally quoted, is the URL — so
+    ``0; //evil``, ``0,//evil`` and ``0 https://evil`` all name one. Raises
+    UnparsableRefresh where a browser would ignore the header but there is more than a delay.
+    """
+    pos = _skip(value, 0, _ASCII_WS)
+    start = pos
+    pos = _skip(value, pos, b"0123456789")
+    if pos == start and value[pos:pos + 1] != b".":
+        if value[pos:].strip(_ASCII_WS):
+            raise UnparsableRefresh(value)
         return None
-    url = m.group(1).strip()
-    if url[:1] in (b"'", b'"'):
-        url = url[1:].split(url[:1], 1)[0]
-    return url
+    pos = _skip(value, pos, b"0123456789.")
+    if pos >= len(value):
+        return None
+    if value[pos] not in b";," + _ASCII_WS:
+        raise UnparsableRefresh(value)
+    pos = _skip(value, pos, _ASCII_WS)
+    if value[pos:pos + 1] in (b";", b","):
+        pos += 1
+    pos = _skip(value, pos, _ASCII_WS)
+    if pos >= len(value):
+        return None
+    url_start = pos
+    after_url = _take(value, pos, b"url")
+    if after_url is not None:
+        pos = _skip(value, after_url, _ASCII_WS)
+        if value[pos:pos + 1] != b"=":
+            return value[url_start:]  # "url" without "=": the whole rest is the URL
+        pos = _skip(value, pos + 1, _ASCII_WS)
+    elif value[pos:pos + 1] in (b"u", b"U"):
+        return value[url_start:]  # "u…" that is not "url": the rest is the URL
+    quote = value[pos:pos + 1]
+    if quote in (b"'", b'"'):
+        return value[pos + 1:].split(quote, 1)[0]
+    return value[pos:]

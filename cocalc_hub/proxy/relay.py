@@ -85,6 +85,10 @@ class Exchange:
             self.producing_for_backend = True
 
     def _connect_failed(self, reason: Failure) -> None:
+        if reason.check(Refused) and self.route is not None and self.route.kind == "raw":
+            self._fail(502, "The server on the project's port is not the project's own (has the project stopped?); "
+                            "the proxy closed the connection without sending anything.")
+            return
         if reason.check(Refused):
             self._fail(403, "The server that answered on that port is not this project's; the proxy closed the "
                             "connection without sending anything.")

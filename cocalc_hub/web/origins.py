@@ -9,6 +9,9 @@ count only with ``--trust-proxy``) or one the operator allowed
 (sandboxed pages, such as the ``/raw/`` files) is never the hub's own. Upgrades without
 ``Origin`` come from programs, not browsers, and are not affected; neither are clients
 signing in with an API key, a project secret or the hub password.
+
+The same policy applies to WebSocket upgrades the proxy forwards into projects (``/port/``,
+``/server/``, ``/raw/``) when a cookie (session or ``api_key``) is what authenticated them.
 """
 
 from __future__ import annotations
@@ -71,17 +74,24 @@ class OriginPolicy:
                 host = forwarded.split(b",")[0].strip()
         if host is None:
             host = request.getHeader(b"host")
+        return self.origin_of(host, is_secure(request, self.trust_proxy))
+
+    @staticmethod
+    def origin_of(host: bytes | None, secure: bool) -> str | None:
+        """The origin of a page at ``host`` (the Host the browser used), None if there is none."""
         if not host:
             return None
-        scheme = "https" if is_secure(request, self.trust_proxy) else "http"
         try:
-            return normalize_origin(f"{scheme}://{host.decode('latin-1')}")
+            return normalize_origin(f"{'https' if secure else 'http'}://{host.decode('latin-1')}")
         except BadOrigin:
             return None
 
     def foreign(self, request: Request) -> str | None:
         """The request's Origin if it is neither ours nor allowed; None if it is fine or absent."""
-        raw = request.getHeader(b"origin")
+        return self.foreign_origin(request.getHeader(b"origin"), self.own_origin(request))
+
+    def foreign_origin(self, raw: bytes | None, own: str | None) -> str | None:
+        """``raw`` (an Origin header) if it is neither ``own`` nor allowed; None if fine or absent."""
         if raw is None:
             return None
         origin: str = raw.decode("latin-1").strip()
@@ -89,6 +99,6 @@ class OriginPolicy:
             normalized = normalize_origin(origin)
         except BadOrigin:
             return origin or "(empty)"
-        if normalized in self.allowed or normalized == self.own_origin(request):
+        if normalized in self.allowed or normalized == own:
             return None
         return origin

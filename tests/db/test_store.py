@@ -323,6 +323,15 @@ class StoreSuite:
         tokens = await self.store.list_registration_tokens()
         self.assertEqual([(t["token"], t["counter"], t["disabled"]) for t in tokens],
                          [("abc", 3, False), ("old", 0, True)])
+        # A use given back (no account was made) may be redeemed again; never below zero.
+        await self.store.return_registration_token("abc")
+        self.assertTrue(await self.store.redeem_registration_token("abc", T0))
+        self.assertFalse(await self.store.redeem_registration_token("abc", T0))
+        for _ in range(5):
+            await self.store.return_registration_token("old")
+        await self.store.return_registration_token("nope")
+        tokens = await self.store.list_registration_tokens()
+        self.assertEqual([t["counter"] for t in tokens], [3, 0])
 
 
 class SQLiteStoreTests(StoreSuite, unittest.TestCase):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -101,3 +103,41 @@ class KernelTests(unittest.TestCase):
         assert found is not None
         self.assertEqual(found.inode, os.fstat(accepted.fileno()).st_ino)
         self.assertIsNone(sockets.connection(("127.0.0.1", port4), ("127.0.0.1", 9)), "not the listener")
+
+
+class _TruncatedNetlink:
+    """A netlink socket whose answers are cut short (a kernel or filter gone wrong)."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def __enter__(self) -> _TruncatedNetlink:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        payload = bytes([socket.AF_INET, sockets.LISTEN, 0, 0]) + b"\0" * 6  # far short of an answer
+        return struct.pack("=IHHII", 16 + len(payload), 20, 0, 1, 0) + payload
+
+
+class MalformedNetlinkTests(unittest.TestCase):
+    """A short sock_diag answer falls back to /proc/net/tcp instead of failing the check."""
+
+    def test_truncated_answer_falls_back_to_proc(self) -> None:
+        server = socket.socket(socket.AF_INET)
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(client.close)
+        self.patch(socket, "socket", _TruncatedNetlink)
+        self.assertIn(("127.0.0.1", port), {(e.local, e.port) for e in sockets.listeners()})
+        found = sockets.connection(("127.0.0.1", port), client.getsockname())
+        assert found is not None
+        self.assertEqual(found.remote_port, client.getsockname()[1])

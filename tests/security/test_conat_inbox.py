@@ -12,11 +12,15 @@ import string
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
+from cocalc_hub.conat.broker import Broker
 from cocalc_hub.conat.client import connect
+from cocalc_hub.conat.connection import MAX_REPLIES, REPLY_IDLE, REPLY_TTL, Connection
 from cocalc_hub.conat.errors import ConatError
+from cocalc_hub.conat.permissions import PUB, account_user
 from tests.support import settings_for, start_hub, until
 from tests.web.api_client import ApiClient
 
@@ -91,3 +95,60 @@ class InboxSpoofingTests(unittest.TestCase):
             self.assertEqual(refused.exception.code, 403, spoof)
         # Answering what it was asked still works (the service above did, 20 times).
         self.assertEqual(await alice.call(f"project.{project}.helper", "call"), "ok")
+
+    async def test_request_to_oneself_does_not_open_anothers_inbox(self) -> None:
+        """Mallory sends herself a "request" naming the victim's inbox as its reply subject,
+        receives it, and would then be "answering" it: the broker only takes a reply subject
+        under the publisher's own inbox as answerable."""
+        alice, mallory, project, victim_id, seen = await self.setup_pair()
+        inbox = seen[0].rsplit(".", 1)[0]
+        target = f"{inbox}.{'7' * 32}"
+        own = f"{mallory.inbox}.selfrequest"  # her client's inbox subscription receives it
+        count = await mallory.publish(own, "to myself", headers={"CN-Reply": target})
+        self.assertEqual(count, 1)  # delivered to her own connection
+        with self.assertRaises(ConatError) as refused:
+            await mallory.publish(target, "forged")
+        self.assertEqual(refused.exception.code, 403)
+        # Genuine requests are still answered.
+        self.assertEqual(await alice.call(f"project.{project}.helper", "call"), "ok")
+
+
+class _Bare(Connection):
+    pass
+
+
+class ReplyLifetimeTests(unittest.TestCase):
+    """A responder keeps the right to answer a request only while the answer may still be
+    awaited: not for ever, and not for an unbounded number of requests."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.conn = _Bare(Broker(self.clock), "mallory")
+        self.conn.user = account_user("a" * 8 + "-0000-4000-8000-" + "0" * 12)
+        self.victim = "_INBOX.account-" + "b" * 8 + "-0000-4000-8000-" + "0" * 12 + ".inbox"
+
+    def test_an_answered_request_lapses(self) -> None:
+        reply = f"{self.victim}.r1"
+        self.conn.may_answer(reply)
+        self.assertIs(self.conn.allowed(reply, PUB), True)
+        self.clock.advance(REPLY_IDLE + 1)
+        self.assertIs(self.conn.allowed(reply, PUB), False)
+
+    def test_an_unanswered_request_lapses(self) -> None:
+        reply = f"{self.victim}.r2"
+        self.conn.may_answer(reply)
+        self.clock.advance(REPLY_TTL + 1)
+        self.assertIs(self.conn.allowed(reply, PUB), False)
+
+    def test_a_stream_of_replies_keeps_its_subject(self) -> None:
+        reply = f"{self.victim}.r3"
+        self.conn.may_answer(reply)
+        for _ in range(3 * int(REPLY_TTL / REPLY_IDLE)):
+            self.clock.advance(REPLY_IDLE - 1)
+            self.assertIs(self.conn.allowed(reply, PUB), True)
+
+    def test_memory_is_bounded(self) -> None:
+        for i in range(3 * MAX_REPLIES):
+            self.conn.may_answer(f"{self.victim}.flood{i}")
+        self.assertLessEqual(len(self.conn.replies), MAX_REPLIES)
+        self.assertLessEqual(MAX_REPLIES, 2000)

@@ -77,3 +77,44 @@ class OffSiteRedirectTests(unittest.TestCase):
         # A Location a browser does not follow (201 Created) is left alone.
         code, headers = await self.respond(h, "port", "Location: https://storage.example/obj/1", 201)
         self.assertEqual((code, headers.get("location")), (201, "https://storage.example/obj/1"))
+
+
+REFRESH_OFF_SITE = [
+    # every form of the HTML standard's declarative refresh that names a URL
+    "0; //evil.example/",
+    "0;//evil.example/",
+    "0,//evil.example",
+    "0 https://evil.example",
+    "0 ;https://evil.example",
+    "1.5. https://evil.example/",
+    ".5; https://evil.example/",
+    "0; 'https://evil.example/'",
+    "0; URL = \"https://evil.example/\"",
+    "0;\tURL='//evil.example/'",
+    "  3 , uRl= //evil.example/x",
+    # what a browser ignores but has more than a delay is refused too (fail closed)
+    "soon; url=https://evil.example/",
+    "0x; url=https://evil.example/",
+    "\x0b0; url=https://evil.example/",
+]
+REFRESH_ON_SITE = [("5", "5"), ("0; url=/elsewhere", "0; url=/elsewhere"), ("0; next?x=1", "0; next?x=1"),
+                   ("0; url='#top'", "0; url='#top'"), ("0,", "0,")]
+
+
+class RefreshSpellingTests(unittest.TestCase):
+    """The ``Refresh`` header is read the way a browser reads it, not only its ``url=`` form."""
+
+    timeout = 120
+
+    async def test_refresh_without_url_equals_is_refused(self) -> None:
+        h = await Harness().setup(self)
+        for route in ("port", "server"):
+            for value in REFRESH_OFF_SITE:
+                query = "status=200&h=" + quote(f"Refresh: {value}", safe="")
+                code, headers, _, _ = await h.get(f"/{h.a}/{route}/{h.port_a}/special/respond?{query}",
+                                                  client=h.owner)
+                self.assertEqual((code, headers.get("refresh")), (502, None), f"{route}: Refresh: {value!r}")
+        for value, expected in REFRESH_ON_SITE:
+            query = "status=200&h=" + quote(f"Refresh: {value}", safe="")
+            code, headers, _, _ = await h.get(f"/{h.a}/port/{h.port_a}/special/respond?{query}", client=h.owner)
+            self.assertEqual((code, headers.get("refresh")), (200, expected), value)

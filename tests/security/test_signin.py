@@ -148,3 +148,32 @@ class SignUpDoesNotRevealEmailsTests(unittest.TestCase):
                 self.assertEqual(code, 202)
         a, b = statistics.median(taken), statistics.median(fresh)
         self.assertLess(abs(a - b), 0.25 + 0.5 * max(a, b), f"medians {a * 1000:.1f} ms vs {b * 1000:.1f} ms")
+
+
+class SignUpTokenTests(unittest.TestCase):
+    """An attacker holding a registration token signs up with addresses that have accounts
+    (probing, or just to use the token up): no account is made, so no use of the token is
+    counted, and the answer is still the one a fresh address gets."""
+
+    timeout = 120
+
+    async def test_token_is_spent_only_by_an_account_made(self) -> None:
+        hub = start_hub(self, settings_for(self.mktemp()))
+        accounts = hub.hub.auth.accounts  # type: ignore[union-attr]
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        r = await ApiClient(hub.base, pool).sign_up("taken@example.com", PASSWORD)
+        assert r.code == 201, r
+        await accounts.store.create_registration_token("invite", limit=2)
+        for hides in (None, "no"):
+            await accounts.settings.set("signup_hides_emails", hides)
+            for _ in range(3):
+                r = await ApiClient(hub.base, pool).post("auth/sign-up", {
+                    "email": "taken@example.com", "password": "an-Attackers-guess", "registrationToken": "invite"})
+                self.assertEqual(r.code, 202 if hides is None else 409, r)
+        tokens = await accounts.store.list_registration_tokens()
+        self.assertEqual([t["counter"] for t in tokens], [0])
+        # The token's two invitees still get in; a third sign-up is refused.
+        await accounts.settings.set("signup_hides_emails", None)
+        for email, code in (("one@example.com", 201), ("two@example.com", 201), ("three@example.com", 403)):
+            r = await ApiClient(hub.base, pool).sign_up(email, registrationToken="invite")
+            self.assertEqual(r.code, code, r)
