@@ -112,6 +112,8 @@ class Proxy:
         return False
 
     def close(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         self.pool.close_all()
 
 
