@@ -288,7 +288,7 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
                   system_secret=auth.auth.system_password,
                   timeout=settings.proxy_timeout, hub_ports=hub_ports, csrf_token=auth.csrf.token)
     # Open tunnels and streaming responses are re-checked (after the caches above are dropped).
-    guard = proxy.guard = ChannelGuard(access, proxy.front_doors)
+    guard = proxy.guard = ChannelGuard(access, proxy.front_doors, reactor)
     auth.auth.revocations.append(guard.credentials_changed)
     hub.projects.listeners.append(guard.project_changed)
     return proxy

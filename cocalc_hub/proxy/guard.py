@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.proxy.access import Decision, ProxyAccess
@@ -47,9 +47,11 @@ def credentials_match(kind: str, value: Any) -> Match:
 
 
 class ChannelGuard:
-    def __init__(self, access: ProxyAccess, front_doors: list[set[Any]]) -> None:
+    def __init__(self, access: ProxyAccess, front_doors: list[set[Any]], clock: IReactorTime) -> None:
         self.access = access
         self.front_doors = front_doors
+        self.clock = clock
+        """Where the expiry timer runs (the hub's reactor)."""
         self.closed = 0
         """Channels closed on revocation so far."""
         self._timer: IDelayedCall | None = None
@@ -93,7 +95,7 @@ class ChannelGuard:
         """Make sure the expiry timer fires by ``when`` (plus the margin)."""
         if when is None:
             return
-        clock = self.access.clock
+        clock = self.clock
         delay = max(0.0, (when - self.access.auth.now()).total_seconds()) + EXPIRY_MARGIN
         timer = self._timer
         if timer is not None and timer.active():
