@@ -73,9 +73,7 @@ class Broker:
         self.per_user: dict[str, int] = {}
         self.total = 0
         self.waiters: set[Waiter] = set()
-        self.user_watchers: list[Callable[[Connection, User | None], None]] = []
-        """Called with (connection, its previous user) when it signs in (previous: None) or
-        its user is replaced after a re-check."""
+        self.on_signed_in: Callable[[Connection], None] | None = None  # (the hub: expiry timers)
         self.messages_routed = 0
         self.deliveries = 0
         self.subscriptions = 0
@@ -159,14 +157,8 @@ class Broker:
         log.debug("conat: {id} signed in from {addr} as {user}", id=conn.id, addr=conn.stats["address"], user=user.json)
         self._send_info(conn, self.reactor.seconds(), cfg.info_retry)
         conn.unblock()
-        self._user_set(conn, None)
-
-    def _user_set(self, conn: Connection, previous: User | None) -> None:
-        for watcher in list(self.user_watchers):
-            try:
-                watcher(conn, previous)
-            except Exception:
-                log.failure("conat: a user watcher failed")
+        if self.on_signed_in is not None:
+            self.on_signed_in(conn)
 
     def _send_info(self, conn: Connection, started: float, delay: float) -> None:
         if conn.closed or conn.info_acked or conn.user is None:
@@ -217,9 +209,8 @@ class Broker:
 
     def replace_user(self, conn: Connection, user: User) -> None:
         """The same connection, re-checked: new admin flag or the like."""
-        previous, conn.user = conn.user, user
+        conn.user = user
         conn.forget_cache()
-        self._user_set(conn, previous)
 
     def revoke(self, conn: Connection, error: ConatError) -> None:
         """A signed-in connection whose credentials stopped working: tell it and close it."""

@@ -180,7 +180,7 @@ class ConatServer:
                                        admit=self.origin_check)
         if auth is not None:
             auth.revocations.append(self.credentials_changed)
-            self.broker.user_watchers.append(self._watch_user)
+            self.broker.on_signed_in = lambda conn: self._watch_user(conn, None)
 
     async def _is_member(self, project_id: str, account_id: str) -> bool:
         from cocalc_hub.db.store import MEMBER_GROUPS
@@ -191,10 +191,11 @@ class ConatServer:
     # changes while connections are open -------------------------------------------------------
 
     def _watch_user(self, conn: Connection, previous: User | None) -> None:
-        """A connection signed in (or was re-checked) with a credential that expires by itself
-        (a session, an API key with ``expire``): re-check it then. The timer is the
-        connection's, cancelled when it closes; a re-check that finds the same expiry adds
-        none (one at an expiry since replaced just re-checks once more)."""
+        """A connection signed in (previous: None) or was re-checked. Its credential may
+        expire by itself (a session, an API key with ``expire``): re-check it then. The
+        timer is the connection's, cancelled when it closes; a re-check that finds the same
+        expiry adds none (one at an expiry since replaced just re-checks once more). A
+        caller identified amid revocations (``stale``) is re-checked at once."""
         caller = conn.user.caller if conn.user is not None else None
         if self.auth is None or not isinstance(caller, Caller):
             return
@@ -244,7 +245,9 @@ class ConatServer:
         elif (result.kind, result.id) != (conn.user.kind, conn.user.id):
             self.broker.revoke(conn, ConatError("credentials changed"))
         else:
+            previous = conn.user
             self.broker.replace_user(conn, result)
+            self._watch_user(conn, previous)
 
     def project_changed(self, project_id: str) -> None:
         """Membership or existence of a project changed: drop what no longer holds."""
