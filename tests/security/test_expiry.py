@@ -15,12 +15,15 @@ import json
 from datetime import UTC, datetime
 
 from twisted.internet import reactor
+from twisted.logger import Logger
 from twisted.trial import unittest
 
 from cocalc_hub.auth.cookies import new_remember_me
 from cocalc_hub.conat.client import connect
 from tests.security.test_revocation import BOUND, RevocationHub
 from tests.support import until
+
+log = Logger()
 
 LEAD = 6.0
 """Seconds from creating a credential to its expiry: time enough to open every channel."""
@@ -34,6 +37,7 @@ class ExpirySuite(RevocationHub):
         case: unittest.TestCase = self  # type: ignore[assignment]
         case.assertLess(reactor.seconds(), expiry, "the channels took too long to open; raise LEAD")
         cut = await channels.cut_off(expiry, BOUND)
+        log.info("seconds from the expiry to each channel's cut-off: {cut}", cut=json.dumps(cut))
         late = [name for name, t in cut.items() if t is None]
         case.assertEqual(late, [], f"open {BOUND:g} s after the credential expired: {json.dumps(cut)}")
 
@@ -67,6 +71,7 @@ class ExpirySuite(RevocationHub):
                                                   "expire": datetime.fromtimestamp(expiry, UTC).isoformat()})
         assert r.code == 200, r
         cut = await channels.cut_off(expiry, BOUND)
+        log.info("seconds from the expiry to each channel's cut-off: {cut}", cut=json.dumps(cut))
         self.assertEqual([name for name, t in cut.items() if t is None], [],  # type: ignore[attr-defined]
                          f"open {BOUND:g} s after the key expired: {json.dumps(cut)}")
 
