@@ -291,7 +291,7 @@ def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
                   foreign_origin=lambda origin, host, secure: origins.foreign_origin(
                       origin, origins.origin_of(host, secure)))
     # Open tunnels and streaming responses are re-checked (after the caches above are dropped).
-    guard = proxy.guard = ChannelGuard(access, proxy.front_doors)
+    guard = proxy.guard = ChannelGuard(access, proxy.front_doors, reactor)
     auth.auth.revocations.append(guard.credentials_changed)
     hub.projects.listeners.append(guard.project_changed)
     return proxy

@@ -76,6 +76,16 @@ class Caller:
     error: str | None = None
     """Set when a credential was presented and rejected."""
     code: int | None = None
+    expires: datetime | None = None
+    """When the credential (session, API key) stops working by itself (None: never).
+    Whoever keeps a connection open on it re-checks it then (proxy guard, conat server)."""
+    stale: bool = False
+    """Identified while revocations kept arriving (it may predate one): whoever keeps a
+    connection open on it re-checks it once the connection is open."""
+
+    def seconds_left(self, now: datetime) -> float | None:
+        """Seconds from ``now`` until the credential expires (None: it does not)."""
+        return None if self.expires is None else (self.expires - now).total_seconds()
 
     @property
     def signed_in(self) -> bool:
@@ -208,13 +218,17 @@ class Authenticator:
                 return _failed("badly formatted remember_me cookie", "remember_me")
             self._hashes.put(cookie_value, session_hash)
         cached = self._sessions.get(session_hash)
-        if cached is not None and cached[0] > self.clock():
+        if cached is not None and cached[0] > self.clock() and self._unexpired(cached[1]):
             return cached[1]
         generation = self._generation
         caller = await self._resolve_session(session_hash)
         if generation == self._generation:
             self._sessions.put(session_hash, (self.clock() + self.ttl, caller))
         return caller
+
+    def _unexpired(self, caller: Caller) -> bool:
+        """A cached caller is not used past its credential's expiry."""
+        return caller.expires is None or caller.expires > self.now()
 
     async def _resolve_session(self, session_hash: str) -> Caller:
         expired = _failed("remember me cookie expired", "remember_me")
@@ -225,12 +239,12 @@ class Authenticator:
         if account is None or account.banned or account.deleted:
             return expired
         return Caller(kind="account", account_id=account.account_id, is_admin=account.is_admin,
-                      via="remember_me", session_hash=session_hash)
+                      via="remember_me", session_hash=session_hash, expires=session.expire)
 
     async def api_key(self, secret: str, *, via: str = "api_key") -> Caller:
         """An API key (header or cookie) → an account or project caller, or an error caller."""
         cached = self._keys.get(secret)
-        if cached is not None and cached[0] > self.clock():
+        if cached is not None and cached[0] > self.clock() and self._unexpired(cached[1]):
             # The same key may come as a header or as a cookie: say how it came this time.
             return cached[1] if cached[1].via == via else replace(cached[1], via=via)
         generation = self._generation
@@ -272,9 +286,9 @@ class Authenticator:
                 return invalid
         await self._touch_key(row.id)
         if row.project_id is not None:
-            return Caller(kind="project", project_id=row.project_id, via=via, api_key_id=row.id)
+            return Caller(kind="project", project_id=row.project_id, via=via, api_key_id=row.id, expires=row.expire)
         return Caller(kind="account", account_id=owner.account_id, is_admin=owner.is_admin, via=via,
-                      api_key_id=row.id)
+                      api_key_id=row.id, expires=row.expire)
 
     async def _touch_key(self, key_id: int) -> None:
         last = self._touched.get(key_id)

@@ -73,6 +73,7 @@ class Broker:
         self.per_user: dict[str, int] = {}
         self.total = 0
         self.waiters: set[Waiter] = set()
+        self.on_signed_in: Callable[[Connection], None] | None = None  # (the hub: expiry timers)
         self.messages_routed = 0
         self.deliveries = 0
         self.subscriptions = 0
@@ -156,6 +157,8 @@ class Broker:
         log.debug("conat: {id} signed in from {addr} as {user}", id=conn.id, addr=conn.stats["address"], user=user.json)
         self._send_info(conn, self.reactor.seconds(), cfg.info_retry)
         conn.unblock()
+        if self.on_signed_in is not None:
+            self.on_signed_in(conn)
 
     def _send_info(self, conn: Connection, started: float, delay: float) -> None:
         if conn.closed or conn.info_acked or conn.user is None:

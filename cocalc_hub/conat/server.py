@@ -8,6 +8,7 @@ memberships change while they are open (upstream keeps such connections as they 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service
@@ -28,6 +29,11 @@ from cocalc_hub.web.origins import OriginPolicy
 from cocalc_hub.web.request import client_ip, is_secure, printable
 
 log = Logger()
+
+IDENTIFY_TRIES = 3
+"""Identifications repeated when revocations arrive meanwhile, at most."""
+EXPIRY_MARGIN = 0.01
+"""Seconds after a credential's expiry that its connections are re-checked."""
 
 
 class SocketConnection(Connection):
@@ -104,11 +110,14 @@ class ConatAuth:
         if b"cookie" not in handshake.headers:
             return ConatError(f"no auth cookie set; set one of {self._names()}")
         cookies = self.names.effective(handshake.cookies, handshake.secure)
-        while True:
+        for _ in range(IDENTIFY_TRIES):
             generation = self.auth.generation
             caller = await self.auth.identify(cookies, None, CONAT)
             if generation == self.auth.generation:
                 break  # else a revocation arrived meanwhile: what was read may predate it
+        else:
+            # revocations keep coming: the last answer stands, re-checked once signed in
+            caller = replace(caller, stale=True)
         if caller.error is not None:
             return ConatError(caller.error, 429 if caller.code == 429 else None)
         user = user_of(caller)
@@ -171,6 +180,7 @@ class ConatServer:
                                        admit=self.origin_check)
         if auth is not None:
             auth.revocations.append(self.credentials_changed)
+            self.broker.on_signed_in = lambda conn: self._watch_user(conn, None)
 
     async def _is_member(self, project_id: str, account_id: str) -> bool:
         from cocalc_hub.db.store import MEMBER_GROUPS
@@ -179,6 +189,30 @@ class ConatServer:
         return bool(exists and group in MEMBER_GROUPS)
 
     # changes while connections are open -------------------------------------------------------
+
+    def _watch_user(self, conn: Connection, previous: User | None) -> None:
+        """A connection signed in (previous: None) or was re-checked. Its credential may
+        expire by itself (a session, an API key with ``expire``): re-check it then. The
+        timer is the connection's, cancelled when it closes; a re-check that finds the same
+        expiry adds none (one at an expiry since replaced just re-checks once more). A
+        caller identified amid revocations (``stale``) is re-checked at once."""
+        caller = conn.user.caller if conn.user is not None else None
+        if self.auth is None or not isinstance(caller, Caller):
+            return
+        if caller.stale and not conn.closed:
+            ensureDeferred(self._recheck(conn))
+        before = previous.caller if previous is not None else None
+        if isinstance(before, Caller) and before.expires == caller.expires:
+            return
+        left = caller.seconds_left(self.auth.now())
+        if left is None:
+            return
+
+        def expired() -> None:
+            if not conn.closed:
+                ensureDeferred(self._recheck(conn))
+
+        conn.timers.append(self.reactor.callLater(max(0.0, left) + EXPIRY_MARGIN, expired))
 
     def credentials_changed(self, kind: str, value: Any) -> None:
         """A session, key or account changed in this process: re-check affected connections."""
@@ -211,7 +245,9 @@ class ConatServer:
         elif (result.kind, result.id) != (conn.user.kind, conn.user.id):
             self.broker.revoke(conn, ConatError("credentials changed"))
         else:
+            previous = conn.user
             self.broker.replace_user(conn, result)
+            self._watch_user(conn, previous)
 
     def project_changed(self, project_id: str) -> None:
         """Membership or existence of a project changed: drop what no longer holds."""

@@ -85,6 +85,13 @@ class Dialect(abc.ABC):
         """A statement that tells other processes a revocation was committed (None: they poll)."""
         return None
 
+    def serialize_revocations(self) -> str | None:
+        """A statement, run before a revocation row is inserted, that makes transactions
+        writing revocations commit in the order of their ``seq`` (None: writers are already
+        serialised, as SQLite's ``BEGIN IMMEDIATE`` does). Without it a reader could see a
+        later ``seq`` commit first, move past it, and never read the earlier one."""
+        return None
+
 
 class Tx:
     """One transaction's cursor with the dialect applied."""
@@ -132,6 +139,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run(self, fn: Callable[[Tx], T], *, write: bool) -> Deferred[T]:
         """Run ``fn`` in one transaction in a worker thread."""
+
+    def notification_conninfo(self) -> str | None:
+        """Where to LISTEN for committed revocations (None: this backend has no notifications)."""
+        return None
 
 
 def migrations(dialect_name: str) -> list[tuple[int, str, str]]:

@@ -26,6 +26,9 @@ log = Logger()
 
 REVOCATIONS_CHANNEL = "cocalc_hub_revocations"
 """NOTIFY channel of the revocations table (see cocalc_hub.db.revocations)."""
+REVOCATIONS_LOCK = 0x636F63616C6301
+"""Transaction-level advisory lock taken before a revocation row is inserted (an arbitrary
+constant, "cocalc" + 1 in ASCII): revocations commit in ``seq`` order."""
 # Any two hub processes migrating at once serialise on this advisory lock key.
 _MIGRATION_LOCK = 0x0C0CA1C
 
@@ -121,6 +124,11 @@ class PostgresDialect(Dialect):
     def announce(self) -> str | None:
         return f"SELECT pg_notify('{REVOCATIONS_CHANNEL}', '')"  # delivered when the transaction commits
 
+    def serialize_revocations(self) -> str | None:
+        # BIGSERIAL hands out seq at INSERT, not at COMMIT: held until this transaction ends,
+        # the lock makes the next writer take its seq only after this one is visible.
+        return f"SELECT pg_advisory_xact_lock({REVOCATIONS_LOCK})"
+
 
 def describe(conninfo: str) -> str:
     """The conninfo without a password, for messages."""
@@ -144,6 +152,9 @@ class PostgresBackend(Backend):
         self.dialect = PostgresDialect()
         self._pool: ThreadPool | None = None
         self._connections = Connections(self._connect)
+
+    def notification_conninfo(self) -> str | None:
+        return self.conninfo
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout,

@@ -8,8 +8,10 @@ from the newest row it saw and hands new rows to a callback, so another hub proc
 * SQLite: the hub reads ``MAX(seq)``-and-newer every ``POLL`` seconds on the injected clock
   (one indexed read, in the store's own worker thread).
 * PostgreSQL: a dedicated connection LISTENs on ``cocalc_hub_revocations`` in its own
-  thread and wakes the reader at once; a slow poll covers notifications lost while that
-  connection was being re-established.
+  thread and wakes the reader at once; a slow poll (``SAFETY_POLL``) covers anything
+  missed. While that connection is not established (before the first LISTEN, and from an
+  outage until it is back) the reader polls every ``OUTAGE_POLL`` seconds instead, so the
+  one-second bound holds through an outage too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ POLL = 0.25
 """SQLite: seconds between reads of the revocations table."""
 SAFETY_POLL = 5.0
 """PostgreSQL: seconds between reads when no notification came."""
+OUTAGE_POLL = 0.5
+"""PostgreSQL: seconds between reads while the LISTEN connection is not established."""
 LISTEN_RETRY = (0.5, 5.0)
 """PostgreSQL listener reconnection backoff, first and longest, seconds."""
 
@@ -56,14 +60,28 @@ class RevocationFeed(service.Service):
     def startService(self) -> None:
         """Follow from the newest row (read on the first check: the store opens in this turn)."""
         service.Service.startService(self)
-        interval = self.poll
-        conninfo = getattr(getattr(self.store, "backend", None), "conninfo", None)
-        if getattr(self.store, "kind", "") == "postgres" and isinstance(conninfo, str):
-            self._listener = _Listener(conninfo, self.reactor, self.check)
-            interval = SAFETY_POLL
+        conninfo = self.store.notification_conninfo()
+        if conninfo is None:
+            self._poll_every(self.poll)
+            return
+        self._poll_every(min(self.poll, OUTAGE_POLL))  # until LISTEN is established
+        self._listener = _Listener(conninfo, self.reactor, self.check, self._listening)
+
+    def _poll_every(self, interval: float) -> None:
+        if self._loop is not None:
+            if self._loop.running and self._loop.interval == interval:
+                return
+            if self._loop.running:
+                self._loop.stop()
         self._loop = task.LoopingCall(self.check)
         self._loop.clock = self.reactor
         self._loop.start(interval, now=True).addErrback(lambda f: log.failure("revocations: poll failed", f))
+
+    def _listening(self, up: bool) -> None:
+        """The LISTEN connection came up (notifications wake the reader; poll slowly) or went
+        down (poll often until it is back)."""
+        if self.running:
+            self._poll_every(SAFETY_POLL if up else min(self.poll, OUTAGE_POLL))
 
     def check(self) -> None:
         """Read what is new (at most one read at a time; a request during one runs after it)."""
@@ -114,12 +132,15 @@ class RevocationFeed(service.Service):
 class _Listener:
     """LISTEN cocalc_hub_revocations on its own connection and thread; each batch of
     notifications calls ``wake`` on the reactor. Reconnects with backoff; wakes after each
-    (re)connection so nothing committed meanwhile is missed."""
+    (re)connection so nothing committed meanwhile is missed. ``listening(True/False)`` is
+    called on the reactor when LISTEN is established and when that connection is lost."""
 
-    def __init__(self, conninfo: str, reactor: Any, wake: Callable[[], None]) -> None:
+    def __init__(self, conninfo: str, reactor: Any, wake: Callable[[], None],
+                 listening: Callable[[bool], None]) -> None:
         self.conninfo = conninfo
         self.reactor = reactor
         self.wake = wake
+        self.listening = listening
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._main, name="cocalc-hub-revocations", daemon=True)
         self._thread.start()
@@ -142,6 +163,7 @@ class _Listener:
                     if complained:
                         self.reactor.callFromThread(log.info, "revocations: listening again")
                     delay, complained = LISTEN_RETRY[0], False
+                    self.reactor.callFromThread(self.listening, True)
                     self.reactor.callFromThread(self.wake)
                     while not self._stopping.is_set():
                         # returns at the first notification, or after 0.2 s to notice stop()
@@ -150,11 +172,12 @@ class _Listener:
             except Exception as e:  # psycopg.Error, OSError
                 if self._stopping.is_set():
                     return
-                if not complained:
+                if not complained:  # one line per outage, not one per attempt
                     complained = True
+                    self.reactor.callFromThread(self.listening, False)
                     self.reactor.callFromThread(
                         log.warn, "revocations: lost the PostgreSQL notification connection ({error}); "
-                        "reconnecting (changes are still read every {poll:g} s)", error=str(e).strip(),
-                        poll=SAFETY_POLL)
+                        "reconnecting (changes are read every {poll:g} s meanwhile)", error=str(e).strip(),
+                        poll=OUTAGE_POLL)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, LISTEN_RETRY[1])

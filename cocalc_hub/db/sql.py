@@ -77,13 +77,20 @@ class SqlStore(Store):
         await self._read(lambda tx: tx.one("SELECT 1"))
 
     def _revoked(self, tx: Tx, kind: str, value: object) -> None:
-        """Announce, in the caller's transaction, that access tied to ``value`` was taken away."""
+        """Announce, in the caller's transaction, that access tied to ``value`` was taken away.
+        Call it last in a transaction: on PostgreSQL it holds a lock until the commit."""
         now = utcnow()
+        serialize = self.d.serialize_revocations()
+        if serialize is not None:
+            tx.execute(serialize)
         tx.execute("INSERT INTO revocations (kind, value, at) VALUES (?, ?, ?)", (kind, str(value), self.d.ts_in(now)))
         tx.execute("DELETE FROM revocations WHERE at < ?", (self.d.ts_in(now - REVOCATIONS_KEPT),))
         announce = self.d.announce()
         if announce is not None:
             tx.execute(announce)
+
+    def notification_conninfo(self) -> str | None:
+        return self.backend.notification_conninfo()
 
     async def last_revocation(self) -> int:
         row = await self._read(lambda tx: tx.one("SELECT MAX(seq) FROM revocations"))
@@ -448,10 +455,17 @@ class SqlStore(Store):
             where += f" AND COALESCE({self.d.state_name()}, 'opened') IN ({marks})"
             params.extend(expect)
         sql = f"UPDATE projects SET {', '.join(sets)} WHERE {where}"
+        new_secret = secret_token is not None or clear_secret
 
         def tx(tx: Tx) -> bool:
+            old = tx.one("SELECT secret_token FROM projects WHERE project_id = ?", (project_id,)) if new_secret \
+                else None
             tx.execute(sql, params)
-            return tx.rowcount == 1
+            changed = tx.rowcount == 1
+            if changed and old is not None and old[0] is not None and old[0] != secret_token:
+                # the old token signed in connections that are open now: they are re-checked
+                self._revoked(tx, "project", project_id)
+            return changed
 
         return await self._write(tx)
 

@@ -195,6 +195,11 @@ class Store(abc.ABC):
 
     # revocations (written by the methods that take access away) --------------------------
 
+    def notification_conninfo(self) -> str | None:
+        """PostgreSQL connection string on which committed revocations are NOTIFYed (None:
+        the database has no notifications; read the revocations table by polling)."""
+        return None
+
     @abc.abstractmethod
     async def last_revocation(self) -> int:
         """The newest revocation's sequence number (0: none)."""

@@ -29,6 +29,8 @@ PORTS_TTL = 1.0
 PORTS_STALE = 10.0
 """A port seen listening recently is still believed while a fresh reading is taken."""
 MAX_ENTRIES = 20000
+DECIDE_TRIES = 3
+"""Decisions made again when revocations arrive meanwhile, at most (then: not cached)."""
 NOT_LISTENING = "-"
 Ports = dict[int, str]
 """A project's listening ports -> the address the proxy connects to (or ELSEWHERE)."""
@@ -88,7 +90,9 @@ class ProxyAccess:
         """The decision if it is fresh (the proxy's fast path never awaits)."""
         hit = self._decisions.get((cookie, authorization, project_id, secure))
         if hit is not None and hit[0] > self.clock.seconds():
-            return hit[1]
+            expires = hit[1].caller.expires
+            if expires is None or expires > self.auth.now():  # (not past the credential's expiry)
+                return hit[1]
         return None
 
     async def authorize(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
@@ -124,12 +128,16 @@ class ProxyAccess:
         return await self._decide_and_cache(decision.key)
 
     async def _decide_and_cache(self, key: _Key) -> Decision:
-        while True:
+        for _ in range(DECIDE_TRIES):
             generation = self._generation
             decision = replace(await self._decide(*key), key=key, generation=generation)
             if generation == self._generation:
                 break
             # Access was revoked while deciding: what was read may predate it, decide again.
+        else:
+            # Revocations keep coming: answer with the last decision, uncached and marked as
+            # made before the newest (the ChannelGuard re-checks a channel opened on it).
+            return decision
         self._decisions[key] = (self.clock.seconds() + self.ttl, decision)
         self._decisions.move_to_end(key)
         while len(self._decisions) > MAX_ENTRIES:

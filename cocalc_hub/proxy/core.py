@@ -131,6 +131,8 @@ class Proxy:
         return origin
 
     def close(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         self.pool.close_all()
 
 

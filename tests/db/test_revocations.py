@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from cocalc_hub.db.revocations import RevocationFeed
@@ -94,3 +94,67 @@ class SQLiteRevocationTests(RevocationSuite, unittest.TestCase):
 
 class PostgresRevocationTests(RevocationSuite, unittest.TestCase):
     kind = "postgres"
+
+
+class PostgresOrderTests(unittest.TestCase):
+    """PostgreSQL hands out ``seq`` at INSERT, not at COMMIT: the feed must still see every row."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        from cocalc_hub.db.postgres import PostgresBackend
+
+        self.url = await fresh_postgres_url(self)
+        self.stores = [SqlStore(PostgresBackend(self.url, reactor)) for _ in range(2)]
+        for store in self.stores:
+            await threads.deferToThread(store.prepare)
+            await store.open()
+            self.addCleanup(store.close)
+
+    def _waiting_for_a_lock(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+        return bool(row and row[0])
+
+    async def test_a_revocation_committed_after_a_later_one_is_delivered(self) -> None:
+        import psycopg
+
+        from cocalc_hub.db.backend import Tx
+
+        got: list[tuple[str, str]] = []
+        feed = RevocationFeed(self.stores[0], reactor, got.extend)
+        feed.startService()
+        self.addCleanup(feed.stopService)
+        await until(lambda: feed.seq is not None, what="the feed to start")
+        writer = self.stores[1]
+        account = await writer.create_account(email_address="a@example.com", password_hash="h")
+        # Writer A (another hub process) runs the very statements every revoking change runs,
+        # and has not committed yet when writer B revokes something else.
+        held = psycopg.connect(self.url)
+        self.addCleanup(held.close)
+        writer._revoked(Tx(held.cursor(), writer.d), "session", "first")
+        second = defer.ensureDeferred(writer.set_banned(account.account_id, True))
+        await until(lambda: second.called or self._waiting_for_a_lock(), what="writer B to commit or wait")
+        if second.called:  # B committed first: the feed reads it before A commits
+            await until(lambda: ("account", account.account_id) in got, what="B's revocation to arrive")
+        held.commit()
+        await second
+        await until(lambda: len(got) == 2, timeout=3.0, what=f"both revocations to arrive (got {got})")
+        self.assertEqual(got, [("session", "first"), ("account", account.account_id)])
+
+    async def test_while_notifications_are_down_revocations_still_arrive_within_a_second(self) -> None:
+        got: list[tuple[str, str]] = []
+        from cocalc_hub.db import postgres
+
+        # LISTEN keeps failing (the database itself still answers the feed's reads).
+        self.patch(postgres, "REVOCATIONS_CHANNEL", "not a channel")
+        feed = RevocationFeed(self.stores[0], reactor, got.extend)
+        feed.startService()
+        self.addCleanup(feed.stopService)
+        await until(lambda: feed.seq is not None, what="the feed to start")
+        account = await self.stores[1].create_account(email_address="b@example.com", password_hash="h")
+        for n in range(3):
+            await self.stores[1].set_banned(account.account_id, True)
+            since = reactor.seconds()
+            await until(lambda n=n: len(got) == n + 1, timeout=2.0, what=f"revocation {n + 1} to arrive")
+            self.assertLess(reactor.seconds() - since, 1.0)

@@ -2,7 +2,7 @@
 
 It reports exactly what reached it, and misbehaves on request:
 ``/special/setcookie``, ``/special/redirect``, ``/special/close``, ``/special/hang``,
-``/special/big?n=BYTES``, ``/special/slow``, ``/special/stats``, ``/special/upload`` (POST),
+``/special/big?n=BYTES``, ``/special/slow[?ticks=N]``, ``/special/stats``, ``/special/upload`` (POST),
 ``/special/respond?status=N&h=Name:value&h=…`` (answers with exactly those headers),
 ``/ws`` (WebSocket echo, autobahn). Everything else echoes the request as JSON.
 """
@@ -105,9 +105,10 @@ class Root(Resource):
             return NOT_DONE_YET
         if path.endswith(b"/special/slow"):
             sent = [0]
+            ticks = int(request.args.get(b"ticks", [b"100"])[0])  # one each 0.05 s
 
             def tick() -> None:
-                if sent[0] >= 100:
+                if sent[0] >= ticks:
                     loop.stop()
                     request.finish()
                     return

@@ -168,7 +168,7 @@ class Channels:
     """One victim's open channels to one project, on one hub."""
 
     def __init__(self, hub_port: int, base: str, backend: str, cookie: str, conat_cookies: dict[str, str],
-                 subject: str, publisher: Client) -> None:
+                 subject: str, publisher: Client, *, slow: str = "/special/slow") -> None:
         self.port = hub_port
         self.base = base  # http://127.0.0.1:port[/base]
         self.backend = backend  # /base/<project>/server/<port>
@@ -176,6 +176,7 @@ class Channels:
         self.conat_cookies = conat_cookies
         self.subject = subject
         self.publisher = publisher
+        self.slow = slow  # the streaming response's path (the backend's)
         self.ws: WsProbe | None = None
         self.stream: StreamProbe | None = None
         self.keep: KeepAliveProbe | None = None
@@ -195,7 +196,7 @@ class Channels:
         status = await self.keep.status(self.http_request())
         assert status == 200, f"keep-alive request refused before the change ({status})"
         assert await self.new_http() == 200
-        self.stream = StreamProbe(_head("GET", f"{self.backend}/special/slow", self.cookie))
+        self.stream = StreamProbe(_head("GET", f"{self.backend}{self.slow}", self.cookie))
         await _connect(self.port, self.stream)
         stream = self.stream
         await until(lambda: stream.received > 0, what="the stream to begin")

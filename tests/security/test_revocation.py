@@ -48,9 +48,13 @@ class Victim:
         self.cookies: dict[str, str] = dict(client.cookies)
 
 
-class RevocationSuite:
+class RevocationHub:
+    """A running hub with a project, its backend, an admin and an owner; victims and channels."""
+
     kind = "sqlite"
     timeout = 300
+    slow = "/special/slow"
+    """The backend's streaming response (100 ticks: 5 s)."""
 
     # the hub, a project with a backend, an admin and an owner ------------------------------
 
@@ -142,7 +146,7 @@ class RevocationSuite:
         case: Any = self
         channels = Channels(self.hub.port, self.hub.base, self.channels_prefix(),
                             "; ".join(f"{k}={v}" for k, v in cookies.items()), cookies,
-                            f"project.{self.project}.revocation-{self.victims}", self.publisher)
+                            f"project.{self.project}.revocation-{self.victims}", self.publisher, slow=self.slow)
         case.addCleanup(channels.close)
         await channels.open()
         return channels
@@ -243,8 +247,8 @@ class RevocationSuite:
             results[name] = await self.check(name, event, key=key)
         self.assert_cut_off(results)
 
-    # the tests ---------------------------------------------------------------------------------
 
+class RevocationSuite(RevocationHub):
     async def test_changes_through_the_api(self) -> None:
         await self.start()
         await self.run_events(self.api_events(self.hub.base))
