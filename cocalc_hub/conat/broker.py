@@ -10,6 +10,8 @@ deliveries except those to the pattern ``>``.
 
 Chunks of one multi-chunk message go to the same member of a queue group (upstream picks
 a member per chunk, which splits and loses such messages).
+
+(Just past the ~600-line guide; moving the hub-side hooks out of conat is issue 15.)
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ Usage (in an ``async def`` run with ``ensureDeferred``)::
     await client.publish("greetings.en", {"text": "hello"})
     async for msg in sub:
         print(msg.subject, msg.data)
+
+(Past the ~600-line guide: splitting request machinery from pub/sub is issue 15.)
 """
 
 from __future__ import annotations

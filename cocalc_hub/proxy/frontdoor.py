@@ -6,6 +6,8 @@ are streamed as bytes. Every other request is fed, one at a time, to an ordinary
 Twisted ``HTTPChannel`` (the hub's Site) through :class:`Shim`, a transport that keeps
 the connection in the front door's hands between requests. A WebSocket upgrade handled
 by the Site (conat) leaves the connection to that protocol for good.
+
+(Past the ~600-line guide: the split of FrontDoor into parse → route → relay is issue 15.)
 """
 
 from __future__ import annotations
