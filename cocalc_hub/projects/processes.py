@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 import psutil
 
+from cocalc_hub.projects.sockets import socket_inodes
+
 MARKER = "COCALC_PROJECT_ID"
 
 
@@ -138,21 +140,6 @@ def _listening_sockets() -> list[tuple[int, int, int]]:
     return out
 
 
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    except OSError:
-        pass
-    return inodes
-
-
 def listening_ports(project_id: str, *, root_pid: int | None = None, uid: int | None = None) -> set[int]:
     """TCP ports on loopback (or all interfaces) that the project's processes listen on.
 
@@ -170,9 +157,7 @@ def listening_ports(project_id: str, *, root_pid: int | None = None, uid: int | 
         pids += [child.pid for child in psutil.Process(root_pid).children(recursive=True)]
     except psutil.Error:
         return set()
-    inodes: set[int] = set()
-    for pid in pids:
-        inodes |= _socket_inodes(pid)
+    inodes = socket_inodes(pids)
     return {port for port, _, inode in sockets if inode in inodes}
 
 

@@ -196,7 +196,8 @@ def connection(server: tuple[str, int], client: tuple[str, int]) -> Entry | None
         return peers[0] if peers else None
 
 
-def _socket_inodes(pids: Iterable[int]) -> set[int]:
+def socket_inodes(pids: Iterable[int]) -> set[int]:
+    """The inodes of the sockets these processes hold (their /proc/<pid>/fd links)."""
     inodes = set()
     for pid in pids:
         try:
@@ -225,7 +226,7 @@ class Owner:
                 pids += [child.pid for child in psutil.Process(root_pid).children(recursive=True)]
             except psutil.Error:
                 pids = []
-            self.inodes = _socket_inodes(pids)
+            self.inodes = socket_inodes(pids)
 
     def owns(self, entry: Entry) -> bool:
         if self.uid is not None:
