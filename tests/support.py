@@ -55,6 +55,14 @@ class RunningHub:
         """URL of a path under the base path."""
         return self.base + path
 
+    async def stop_projects(self) -> None:
+        """Stop every project this hub runs (a test's clean-up)."""
+        projects = self.hub.projects
+        if projects is None:
+            return
+        for project_id in list(projects.manager.active):
+            await projects.manager.stop(project_id)
+
 
 async def make_admin(hub: RunningHub, account_id: str) -> None:
     """What ``cocalc-hub-admin make-admin`` does (sign-up never makes an administrator)."""

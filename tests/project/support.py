@@ -17,15 +17,11 @@ class ProjectConatCase(MembersCase):
     async def setUp(self) -> None:  # type: ignore[override]
         await super().setUp()
         self.api = api_subject(self.project)
-        self.addCleanup(self.stop_projects)
+        self.addCleanup(self.hub.stop_projects)
 
     @property
     def manager(self) -> Any:
         return self.hub.hub.projects.manager  # type: ignore[union-attr]
-
-    async def stop_projects(self) -> None:
-        for project_id in list(self.manager.active):
-            await self.manager.stop(project_id)
 
     async def watch(self, who: ApiClient) -> Subscription:
         """Subscribe ``who`` to the project's state events (live from now on)."""

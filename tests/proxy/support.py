@@ -30,6 +30,28 @@ from tests.web.api_client import ApiClient
 BACKEND = str(Path(__file__).resolve().parent / "backend_app.py")
 
 
+async def start_backend(client: ApiClient, project_id: str) -> int:
+    """Run backend_app.py inside the project (as a member's exec); its port once it listens."""
+    port = free_tcp_port()
+    r = await client.post("exec", {"project_id": project_id, "command": sys.executable,
+                                   "args": ["-u", BACKEND, str(port)], "async_call": True})
+    assert r.code == 200, r
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        await until(listening, what=f"the backend to listen on port {port}")
+    except AssertionError:
+        job = await client.post("exec", {"project_id": project_id, "async_get": r.json["job_id"]})
+        raise AssertionError(f"backend did not start: {job.json}") from None
+    return port
+
+
 class Harness:
     """admin, owner, friend (collaborator on A), outsider; projects A (owner)
     and B (outsider), each running a backend_app.py."""
@@ -57,7 +79,7 @@ class Harness:
         assert r.code == 200, r
         self.port_a = await self.backend(self.owner, self.a)
         self.port_b = await self.backend(self.outsider, self.b)
-        case.addCleanup(self.stop_projects)
+        case.addCleanup(self.hub.stop_projects)
         return self
 
     @property
@@ -91,29 +113,7 @@ class Harness:
         return c
 
     async def backend(self, client: ApiClient, project_id: str) -> int:
-        port = free_tcp_port()
-        r = await client.post("exec", {"project_id": project_id, "command": sys.executable,
-                                       "args": ["-u", BACKEND, str(port)], "async_call": True})
-        assert r.code == 200, r
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        try:
-            await until(listening, what=f"the backend to listen on port {port}")
-        except AssertionError:
-            job = await client.post("exec", {"project_id": project_id, "async_get": r.json["job_id"]})
-            raise AssertionError(f"backend did not start: {job.json}") from None
-        return port
-
-    async def stop_projects(self) -> None:
-        manager = self.hub.hub.projects.manager  # type: ignore[union-attr]
-        for project_id in list(manager.active):
-            await manager.stop(project_id)
+        return await start_backend(client, project_id)
 
     def cookie(self, client: ApiClient) -> str:
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())

@@ -50,7 +50,7 @@ class TenantCase(unittest.TestCase):
         self.attacker = await self.account("attacker@example.com")
         self.m1 = (await self.victim.post("projects/create", {"title": "M1"})).json["project_id"]
         self.m2 = (await self.attacker.post("projects/create", {"title": "M2"})).json["project_id"]
-        self.addCleanup(self.stop_projects)
+        self.addCleanup(self.hub.stop_projects)
         for who, project in ((self.victim, self.m1), (self.attacker, self.m2)):
             r = await who.post("projects/start", {"project_id": project})
             assert r.code == 200, r
@@ -67,10 +67,6 @@ class TenantCase(unittest.TestCase):
     @property
     def manager(self) -> Any:
         return self.hub.hub.projects.manager  # type: ignore[union-attr]
-
-    async def stop_projects(self) -> None:
-        for project_id in list(self.manager.active):
-            await self.manager.stop(project_id)
 
     def victim_token(self) -> str:
         target = self.manager.local_target(self.m1)

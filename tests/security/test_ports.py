@@ -82,12 +82,8 @@ class PortOwnershipTests(unittest.TestCase):
         self.attacker = await self.user("attacker@example.com")
         self.project = (await self.attacker.post("projects/create", {"title": "mine"})).json["project_id"]
         self.manager = self.hub.hub.projects.manager  # type: ignore[union-attr]
-        self.addCleanup(self.stop_projects)
+        self.addCleanup(self.hub.stop_projects)
         self.port = free_tcp_port()
-
-    async def stop_projects(self) -> None:
-        for project_id in list(self.manager.active):
-            await self.manager.stop(project_id)
 
     async def user(self, email: str) -> ApiClient:
         client = ApiClient(self.hub.base, self.pool)

@@ -49,11 +49,7 @@ class RawTokenTests(unittest.TestCase):
         assert r.code == 201, r
         self.project = (await self.member.post("projects/create", {"title": "p"})).json["project_id"]
         self.manager = self.hub.hub.projects.manager  # type: ignore[union-attr]
-        self.addCleanup(self.stop_projects)
-
-    async def stop_projects(self) -> None:
-        for project_id in list(self.manager.active):
-            await self.manager.stop(project_id)
+        self.addCleanup(self.hub.stop_projects)
 
     async def raw(self) -> tuple[int, bytes]:
         cookie = "; ".join(f"{k}={v}" for k, v in self.member.cookies.items())

@@ -14,7 +14,6 @@ set to an hour): only the revocation itself can close anything.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,11 +26,11 @@ from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.client import Client, connect
 from tests.db.support import fresh_postgres_url
+from tests.proxy.support import start_backend
 from tests.security.revocation_probes import Channels, WsProbe, ws_upgrade
-from tests.support import RunningHub, free_tcp_port, make_admin, settings_for, spawn, start_hub, until
+from tests.support import RunningHub, make_admin, settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
-BACKEND = str(Path(__file__).resolve().parent.parent / "proxy" / "backend_app.py")
 BOUND = 1.0
 PASSWORD = "a-Good-passphrase"
 
@@ -81,7 +80,7 @@ class RevocationHub:
         self.owner = await self.sign_up("owner@example.com")
         self.project = (await self.owner.post("projects/create", {"title": "P"})).json["project_id"]
         self.backend_port = await self.backend()
-        case.addCleanup(self.stop_projects)
+        case.addCleanup(self.hub.stop_projects)
         password = (hub.settings.secrets_dir / "conat-password").read_text().strip()
         self.publisher: Client = connect(reactor, self.hub.base, cookies={"hub_password": password}, reconnect=False)
         case.addCleanup(self.publisher.close)
@@ -103,27 +102,8 @@ class RevocationHub:
         return c
 
     async def backend(self) -> int:
-        port = free_tcp_port()
-        r = await self.owner.post("exec", {"project_id": self.project, "command": sys.executable,
-                                           "args": ["-u", BACKEND, str(port)], "async_call": True})
-        assert r.code == 200, r
+        return await start_backend(self.owner, self.project)
 
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        await until(listening, what=f"the backend to listen on port {port}")
-        return port
-
-    async def stop_projects(self) -> None:
-        projects = self.hub.hub.projects
-        manager = projects.manager if projects is not None else None
-        assert manager is not None
-        for project_id in list(manager.active):
-            await manager.stop(project_id)
 
     # victims and their channels -----------------------------------------------------------
 
@@ -294,7 +274,6 @@ class SQLiteRevocationTests(RevocationSuite, unittest.TestCase):
         ws.transport.resumeProducing()  # type: ignore[attr-defined]  # (a reader notices the reset at once)
         await until(lambda: ws.closed_at is not None, timeout=BOUND, what="the WebSocket to be closed")
         self.assertLessEqual(ws.closed_at - since if ws.closed_at else BOUND + 1, BOUND)
-
 
     async def test_a_websocket_authorised_just_before_the_change_is_closed_too(self) -> None:
         """The upgrade was authorised, then waited for the project's ports to be read while the
