@@ -33,6 +33,18 @@ def private_tmp(case: unittest.TestCase) -> Path:
     return tmp
 
 
+def hub_in_mode(case: unittest.TestCase, *, multi_user: bool) -> RunningHub:
+    """A hub in single-user or multi-user mode (then with project homes the projects' uids can
+    reach), projects stopping within a second."""
+    options: dict[str, Any] = {"project-stop-grace": "1"}
+    env: dict[str, str] = {}
+    if multi_user:
+        require_root()
+        options["mode"] = "multi-user"
+        env["PROJECTS"] = str(private_tmp(case) / "[project_id]")
+    return start_hub(case, settings_for(case.mktemp(), options, env))
+
+
 class TenantCase(unittest.TestCase):
     timeout = 120
 

@@ -20,16 +20,15 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import protocol, reactor, task
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.projects import sockets
-from tests.support import drive_clocks, free_tcp_port, parse_response, raw_http, settings_for, start_hub, until
+from tests.security.tenants import hub_in_mode
+from tests.support import drive_clocks, free_tcp_port, parse_response, raw_http, until
 from tests.web.api_client import ApiClient
 
 LISTENER = Path(__file__).resolve().parent / "listener.py"
@@ -60,17 +59,7 @@ class PortOwnershipTests(unittest.TestCase):
     multi_user = False
 
     async def setUp(self) -> None:
-        options: dict[str, Any] = {"project-stop-grace": "1"}
-        env: dict[str, str] = {}
-        if self.multi_user:
-            if os.geteuid() != 0:
-                raise unittest.SkipTest("multi-user mode needs root (CI runs as root)")
-            options["mode"] = "multi-user"
-            homes = Path(tempfile.mkdtemp(prefix="cocalc-sec-"))
-            os.chmod(homes, 0o711)  # project uids must reach their homes
-            self.addCleanup(shutil.rmtree, homes, True)
-            env["PROJECTS"] = str(homes / "[project_id]")
-        self.hub = start_hub(self, settings_for(self.mktemp(), options, env))
+        self.hub = hub_in_mode(self, multi_user=self.multi_user)
         drive_clocks(self, self.hub)
         # A clock that stands still: the proxy's reading of who listens where stays fresh
         # until the test says otherwise, so "between the check and the connect" is driven.

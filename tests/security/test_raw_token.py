@@ -11,19 +11,16 @@ member gets a clear error instead.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
-from pathlib import Path
-from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.projects import sockets
+from tests.security.tenants import hub_in_mode
 from tests.security.test_ports import VictimFactory
-from tests.support import drive_clocks, parse_response, raw_http, settings_for, start_hub, until
+from tests.support import drive_clocks, parse_response, raw_http, until
 from tests.web.api_client import ApiClient
 
 
@@ -32,17 +29,7 @@ class RawTokenTests(unittest.TestCase):
     multi_user = False
 
     async def setUp(self) -> None:
-        options: dict[str, Any] = {"project-stop-grace": "1"}
-        env: dict[str, str] = {}
-        if self.multi_user:
-            if os.geteuid() != 0:
-                raise unittest.SkipTest("multi-user mode needs root (CI runs as root)")
-            options["mode"] = "multi-user"
-            homes = Path(tempfile.mkdtemp(prefix="cocalc-raw-"))
-            os.chmod(homes, 0o711)
-            self.addCleanup(shutil.rmtree, homes, True)
-            env["PROJECTS"] = str(homes / "[project_id]")
-        self.hub = start_hub(self, settings_for(self.mktemp(), options, env))
+        self.hub = hub_in_mode(self, multi_user=self.multi_user)
         drive_clocks(self, self.hub)
         self.member = ApiClient(self.hub.base, HTTPConnectionPool(reactor, persistent=False))
         r = await self.member.sign_up("member@example.com")
