@@ -86,6 +86,7 @@ async function subscribeChurn(url, cookie, count) {
 
 async function acks(url, cookie, seconds, pairs) {
   let running = true;
+  let loaded = 0;
   const conns = [];
   for (let i = 0; i < pairs; i++) {
     const pub = await connect(url, { cookie });
@@ -99,6 +100,7 @@ async function acks(url, cookie, seconds, pairs) {
     };
     sub.sock.on(subject, () => {
       recv++;
+      loaded++;
       if (sent - recv <= 100) pump();
     });
     await subscribe(sub, subject);
@@ -112,6 +114,7 @@ async function acks(url, cookie, seconds, pairs) {
   await sleep(1000);
   const latencies = [];
   const mark = cpuMark();
+  const loaded0 = loaded;
   const end = now() + seconds;
   while (now() < end) {
     const start = process.hrtime.bigint();
@@ -119,10 +122,11 @@ async function acks(url, cookie, seconds, pairs) {
     latencies.push(Number(process.hrtime.bigint() - start) / 1e6);
   }
   const cpu = cpuSince(mark);
+  const loadRate = (loaded - loaded0) / (now() - mark.t);
   running = false;
   latencies.sort((x, y) => x - y);
   const pct = (q) => latencies[Math.min(latencies.length - 1, Math.round(q * (latencies.length - 1)))];
-  print({ acks: latencies.length, p50_ms: pct(0.5), p90_ms: pct(0.9), p99_ms: pct(0.99), ...cpu });
+  print({ load_rate: loadRate, acks: latencies.length, p50_ms: pct(0.5), p90_ms: pct(0.9), p99_ms: pct(0.99), ...cpu });
   for (const c of conns) c.sock.disconnect();
 }
 

@@ -30,6 +30,11 @@ class Shim:
         if ISSLTransport.providedBy(real):
             directlyProvides(self, ITransport, IPushProducer, IConsumer, ISSLTransport)
 
+    @property
+    def transport(self) -> Any:
+        """The connection underneath (what a protocol's writes go to)."""
+        return self.front.transport
+
     # ITransport
     def write(self, data: bytes) -> None:
         if self.front.transport is not None:

@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from cocalc_hub.conat.transport import packets
 from cocalc_hub.conat.transport.barriers import PLAIN, ReadBarriers, Turns
+from cocalc_hub.conat.transport.flush import flush
 from cocalc_hub.conat.transport.frames import FastFrames, frame, header
 from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.socket import Ack, Handler, Handshake, ServerSocket
@@ -81,6 +82,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
     _pings = 0
     _pongs = 0
     _out: ReadBarriers | None = None
+    _dirty = False
     _paused = False
     _backlog = 0
     _closing_reason = "transport close"
@@ -179,6 +181,17 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         self._timer = self._connect_timer = None
 
     # input ------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Handle one read; then send at once what it wrote to any connection (:mod:`.flush`)."""
+        factory = self.factory
+        factory.reading += 1
+        try:
+            super().dataReceived(data)
+        finally:
+            factory.reading -= 1
+            if not factory.reading:
+                factory.flush_written()
 
     def onMessageEnd(self) -> None:
         # Same as autobahn's, minus the per-message observer signal nobody listens to.
@@ -303,6 +316,9 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
                 self._close("slow consumer", abort=True)
                 return
         self.transport.write(data)  # type: ignore[union-attr]
+        if not self._dirty and self.factory.reading:
+            self._dirty = True
+            self.factory.written.append(self)
 
     def _held_too_much(self, n: int) -> None:
         log.warn("conat: dropping {peer}, which has not answered a ping with {n} bytes held for it",
@@ -398,6 +414,10 @@ class EngineFactory(WebSocketServerFactory):
         self.options = options or EngineOptions()
         self.connections: set[EngineProtocol] = set()
         self.turns = Turns(clock)
+        self.reading = 0
+        """Reads being handled (nested when a handler reads another connection's data)."""
+        self.written: list[EngineProtocol] = []
+        """Connections written to during the current read."""
         self.protocol_errors = 0
         self.slow_consumers = 0
         self._pending_handshake: Handshake | None = None
@@ -418,6 +438,13 @@ class EngineFactory(WebSocketServerFactory):
         if self._pending_handshake is not None:
             proto.handshake = self._pending_handshake
         return proto
+
+    def flush_written(self) -> None:
+        written, self.written = self.written, []
+        for proto in written:
+            proto._dirty = False
+            if proto.transport is not None:
+                flush(proto.transport)
 
     def opened(self, proto: EngineProtocol) -> None:
         self.connections.add(proto)
