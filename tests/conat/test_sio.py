@@ -14,6 +14,7 @@ from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.sio import SocketIOServer
 from cocalc_hub.conat.transport.socket import ConnectRefused, ServerSocket
 from tests.conat.support import RawWS, Recorder, serve_engine, ws_connect
+from tests.conat.test_interop import NODE_DIR, require_node, run_script
 from tests.support import until
 
 
@@ -220,3 +221,42 @@ class EngineOnlyTests(unittest.TestCase):
         clock.advance(5)
         ws.send_text("4still open")
         self.assertEqual(await ws.text(), "4STILL OPEN")
+
+
+class Asker(Recorder):
+    """Answers ``ask`` by asking the client a ``question`` (with an ack) first."""
+
+    def socket_connected(self, socket: ServerSocket) -> None:
+        super().socket_connected(socket)
+        socket.emit("auth", socket.auth)
+
+    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Any) -> None:
+        if name == "ask" and ack is not None:
+            socket.emit("question", args[0], callback=lambda answer: ack(answer[0], answer[1].hex()))
+        elif name == "echo" and ack is not None:
+            ack(*args)
+        self.events.append((name, args, ack))
+
+
+class GatedAsker(Asker, Gatekeeper):
+    pass
+
+
+class NodeClientTests(unittest.TestCase):
+    async def test_socket_io_client_uses_several_namespaces_with_auth_over_one_connection(self) -> None:
+        node = require_node()
+        root, custom, gated = Asker(), Asker(), GatedAsker()
+        port, factory = serve_engine(self, SocketIOServer(root, {"/custom": custom, "/gated": gated}))
+        r = await run_script(self, [node, str(NODE_DIR / "namespaces.js"), json.dumps({"url": f"http://127.0.0.1:{port}"})])
+        self.assertEqual(r["auth"], {"root": {"token": "root-token"}, "custom": {"token": "abc", "n": 1}})
+        self.assertTrue(r["ids_differ"])
+        self.assertEqual(r["refused"], {"message": "not authorized", "data": {"token": "bad"}, "connected": False})
+        self.assertEqual(r["echo"], {"root": ["r", 1], "custom": [{"hex": "010203"}, {"k": "v"}]})
+        self.assertEqual(r["server_ack"], [42, "6f6b"])
+        self.assertEqual(r["gated_ok"], ["gated"])
+        self.assertEqual(r["after_leaving_custom"], ["still"])
+        self.assertEqual((r["engines"], r["root_connected"]), (1, True))
+        self.assertEqual(gated.asked, [{"token": "bad"}, {"token": "ok"}])
+        self.assertEqual(custom.gone, ["client namespace disconnect"])
+        self.assertEqual([s.nsp for s in custom.sockets + root.sockets + gated.sockets], ["/custom", "/", "/gated"])
+        await until(lambda: not factory.connections, what="the client to close its connection")
