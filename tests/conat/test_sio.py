@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from cocalc_hub.conat.transport.engine import EngineOptions, EngineProtocol
@@ -164,6 +164,74 @@ class NamespaceTests(unittest.TestCase):
         ws.send_text('40/custom,"token"')
         self.assertEqual(await ws.close_code(), 1002)
         self.assertEqual(self.custom.sockets, [])
+
+
+class LaterGatekeeper(Recorder):
+    """Decides on each CONNECT when the test says so (``decisions``, one Deferred each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decisions: list[defer.Deferred[None]] = []
+
+    def socket_connecting(self, socket: ServerSocket) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.decisions.append(d)
+        return d
+
+
+class AsyncGatekeeper(Recorder):
+    """A coroutine that refuses ``bad`` after a turn of the reactor."""
+
+    async def socket_connecting(self, socket: ServerSocket) -> None:
+        await task.deferLater(reactor, 0, lambda: None)
+        if socket.auth.get("token") == "bad":
+            raise ConnectRefused("no", "later")
+
+
+class LaterDecisionTests(unittest.TestCase):
+    async def serve(self) -> RawWS:
+        self.later, self.coro = LaterGatekeeper(), AsyncGatekeeper()
+        port, self.factory = serve_engine(self, SocketIOServer(None, {"/later": self.later, "/coro": self.coro}))
+        ws = await ws_connect(self, port)
+        await ws.text()
+        return ws
+
+    async def test_a_deferred_decision_accepts_or_refuses(self) -> None:
+        ws = await self.serve()
+        ws.send_text('40/later,{"n":1}')
+        await until(lambda: len(self.later.decisions) == 1, what="the handler to be asked")
+        ws.send_text('40/later,{"n":2}')  # ignored while the first is being decided
+        ws.send_text('42/later,1["early"]')  # dropped: not connected yet
+        ws.send_text("40/nobody,")  # a marker: everything before it has been read
+        self.assertEqual(await ws.text(), '44/nobody,{"message":"Invalid namespace"}')
+        self.assertEqual(len(self.later.decisions), 1)
+        self.later.decisions[0].errback(ConnectRefused("wait", {"retry": True}))
+        self.assertEqual(await ws.text(), '44/later,{"message":"wait","data":{"retry":true}}')
+        ws.send_text('40/later,{"n":3}')
+        await until(lambda: len(self.later.decisions) == 2, what="the handler to be asked again")
+        self.later.decisions[1].callback(None)
+        self.assertTrue((await ws.text()).startswith('40/later,{"sid":'))
+        self.assertEqual([s.auth for s in self.later.sockets], [{"n": 3}])
+        ws.send_text('42/later,2["now"]')
+        self.assertEqual(await ws.text(), '43/later,2[{"got":"now","args":[]}]')
+        self.assertEqual([e[0] for e in self.later.events], ["now"])
+
+    async def test_a_coroutine_decides(self) -> None:
+        ws = await self.serve()
+        ws.send_text('40/coro,{"token":"bad"}')
+        self.assertEqual(await ws.text(), '44/coro,{"message":"no","data":"later"}')
+        ws.send_text('40/coro,{"token":"good"}')
+        self.assertTrue((await ws.text()).startswith('40/coro,{"sid":'))
+
+    async def test_the_connection_closes_before_the_decision(self) -> None:
+        ws = await self.serve()
+        ws.send_text("40/later,")
+        await until(lambda: len(self.later.decisions) == 1, what="the handler to be asked")
+        ws.send_text("1")
+        await ws.closed
+        await until(lambda: not self.factory.connections, what="the server to close")
+        self.later.decisions[0].callback(None)
+        self.assertEqual((self.later.sockets, self.later.gone), ([], []))
 
 
 class Upper:

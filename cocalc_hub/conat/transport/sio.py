@@ -16,9 +16,12 @@ nobody announced, a text message while attachments are due) raises
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cocalc_hub.conat.transport import packets
 from cocalc_hub.conat.transport.engine import new_sid
@@ -55,13 +58,16 @@ class SocketIOClient:
     The root namespace's socket has an attribute of its own (``socket``): it is the only
     one conat uses, and its events take the shortest path."""
 
-    __slots__ = ("server", "engine", "socket", "others", "_pending")
+    __slots__ = ("server", "engine", "socket", "others", "joining", "gone", "_pending")
 
     def __init__(self, server: SocketIOServer, engine: EngineProtocol) -> None:
         self.server = server
         self.engine = engine
         self.socket: ServerSocket | None = None
         self.others: dict[str, ServerSocket] | None = None
+        self.joining: set[str] | None = None
+        """Namespaces whose handler is still deciding on a CONNECT (``socket_connecting``)."""
+        self.gone = False
         self._pending: packets.Packet | None = None
 
     # Engine.IO messages ---------------------------------------------------------------
@@ -87,6 +93,7 @@ class SocketIOClient:
             self._dispatch(packets.finish_binary(pending))
 
     def on_close(self, reason: str) -> None:
+        self.gone = True
         self._pending = None
         for socket in self.sockets():
             self._gone(socket, reason)
@@ -135,33 +142,65 @@ class SocketIOClient:
         if handler is None:
             self._refuse(nsp, {"message": "Invalid namespace"})
             return
+        if self.joining is not None and nsp in self.joining:
+            return  # its handler is still deciding
         engine = self.engine
         socket = ServerSocket(new_sid(), engine, engine.handshake, nsp=nsp, auth=auth, client=self)
         connecting = getattr(handler, "socket_connecting", None)
-        if connecting is not None:
-            try:
-                connecting(socket)
-            except ConnectRefused as e:
+        if connecting is None:
+            self._accept(handler, socket)
+            return
+        try:
+            decided = connecting(socket)
+        except Exception:
+            self._refused(socket, Failure())
+            return
+        if inspect.iscoroutine(decided):
+            decided = ensureDeferred(decided)
+        if not isinstance(decided, Deferred):
+            self._accept(handler, socket)
+            return
+        # An asynchronous decision: the namespace's packets are dropped until it is made
+        # (clients send nothing before the CONNECT answer), a second CONNECT is ignored.
+        if self.joining is None:
+            self.joining = set()
+        self.joining.add(nsp)
+
+        def decided_(result: Any, accepted: bool) -> None:
+            if self.joining is not None:
+                self.joining.discard(nsp)
+            if self.gone:
                 socket.closed()
-                self._refuse(nsp, e.payload())
-                return
-            except Exception:
-                log.failure("socket.io: connect handler failed")
-                socket.closed()
-                self._refuse(nsp, {"message": "server error"})
-                return
+            elif accepted:
+                self._accept(handler, socket)
+            else:
+                self._refused(socket, result)
+
+        decided.addCallbacks(decided_, decided_, callbackArgs=(True,), errbackArgs=(False,))
+
+    def _accept(self, handler: Handler, socket: ServerSocket) -> None:
+        nsp = socket.nsp
         if nsp == "/":
             self.socket = socket
         else:
             if self.others is None:
                 self.others = {}
             self.others[nsp] = socket
+        engine = self.engine
         engine.established()
         engine.send_packet(f'40{nsp_part(nsp)}{{"sid":"{socket.sid}"}}', [])
         try:
             handler.socket_connected(socket)
         except Exception:
             log.failure("socket.io: connect handler failed")
+
+    def _refused(self, socket: ServerSocket, failure: Failure) -> None:
+        socket.closed()
+        if failure.check(ConnectRefused):
+            self._refuse(socket.nsp, failure.value.payload())  # type: ignore[union-attr]
+        else:
+            log.failure("socket.io: connect handler failed", failure)
+            self._refuse(socket.nsp, {"message": "server error"})
 
     def _refuse(self, nsp: str, payload: dict[str, Any]) -> None:
         self.engine.send_packet(f"44{nsp_part(nsp)}{packets.dumps(payload)}", [])

@@ -6,7 +6,8 @@ joins the namespace (with the CONNECT packet's payload in ``socket.auth``), rece
 event with its arguments (binary attachments already put back in place) and an optional
 :class:`Ack`, and is told when the socket goes away, whatever the cause. A handler that
 also has ``socket_connecting(socket)`` may refuse the client there by raising
-:class:`ConnectRefused` (the client gets a CONNECT_ERROR packet). :mod:`.sio` routes the
+:class:`ConnectRefused` (the client gets a CONNECT_ERROR packet), or decide later: it may
+return a Deferred or a coroutine, which fails with :class:`ConnectRefused` to refuse. :mod:`.sio` routes the
 packets of one connection to the sockets of its namespaces.
 """
 
