@@ -111,7 +111,7 @@ class Ack:
 class ServerSocket:
     """One client on one namespace (``nsp``) of a connection."""
 
-    __slots__ = ("sid", "sender", "handshake", "connected", "_next_ack", "_acks", "state", "nsp", "auth", "client",
+    __slots__ = ("sid", "sender", "handshake", "connected", "_next_ack", "_acks", "state", "nsp", "_auth", "client",
                  "__weakref__")
 
     def __init__(self, sid: str, sender: Sender, handshake: Handshake, *, nsp: str = "/",
@@ -120,14 +120,19 @@ class ServerSocket:
         self.sender = sender
         self.handshake = handshake
         self.nsp = nsp
-        self.auth: Any = auth if auth is not None else {}
-        """The CONNECT packet's payload (``{}`` when it had none): the client's ``auth`` option."""
+        self._auth = auth
         self.client = client
         self.connected = True
         self._next_ack = 0
         self._acks: dict[int, Callable[[list[Any]], None]] = {}
         self.state: Any = None
         """Free for the handler (the broker keeps its connection record here)."""
+
+    @property
+    def auth(self) -> Any:
+        """The CONNECT packet's payload, the client's ``auth`` option (``{}`` when it had none;
+        not kept per socket, as most clients send none)."""
+        return self._auth if self._auth is not None else {}
 
     def emit(self, event: str, *args: Any, callback: Callable[[list[Any]], None] | None = None) -> None:
         """Send an event; ``callback`` receives the client's ack arguments, if it answers."""
