@@ -4,6 +4,8 @@ connection, the CONNECT payload, refused connects, and the Engine.IO layer on it
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -14,7 +16,7 @@ from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.sio import SocketIOServer
 from cocalc_hub.conat.transport.socket import ConnectRefused, ServerSocket
 from tests.conat.support import RawWS, Recorder, serve_engine, ws_connect
-from tests.conat.test_interop import NODE_DIR, require_node, run_script
+from tests.conat.test_interop import NODE_DIR, require_node, require_python_socketio, run_script
 from tests.support import until
 
 
@@ -328,3 +330,28 @@ class NodeClientTests(unittest.TestCase):
         self.assertEqual(custom.gone, ["client namespace disconnect"])
         self.assertEqual([s.nsp for s in custom.sockets + root.sockets + gated.sockets], ["/custom", "/", "/gated"])
         await until(lambda: not factory.connections, what="the client to close its connection")
+
+
+class PythonClientTests(unittest.TestCase):
+    """python-socketio and python-engineio clients (subprocesses: they block)."""
+
+    script = str(Path(__file__).resolve().parent / "sio_namespaces_client.py")
+
+    async def test_python_socketio_joins_two_namespaces_with_auth(self) -> None:
+        require_python_socketio()
+        root, custom = Asker(), Asker()
+        port, factory = serve_engine(self, SocketIOServer(root, {"/custom": custom}))
+        r = await run_script(self, [sys.executable, self.script, "socketio", f"http://127.0.0.1:{port}"])
+        self.assertEqual(r["auth"], {"/": {"token": "py"}, "/custom": {"token": "py"}})
+        self.assertTrue(r["sids_differ"])
+        self.assertEqual((r["echo_root"], r["echo_custom"]), (["r", 1], "0102"))
+        await until(lambda: not factory.connections, what="the client to close its connection")
+        self.assertEqual((root.gone, custom.gone), (["client namespace disconnect"], ["client namespace disconnect"]))
+
+    async def test_python_engineio_messages_reach_an_engine_io_handler(self) -> None:
+        require_python_socketio()
+        handler = Upper()
+        port, _ = serve_engine(self, handler)
+        r = await run_script(self, [sys.executable, self.script, "engineio", f"http://127.0.0.1:{port}"])
+        self.assertEqual(r, {"text": "HELLO", "binary": "030201"})
+        await until(lambda: bool(handler.closed), what="the handler to hear of the close")
