@@ -78,6 +78,7 @@ class Broker:
         self.on_signed_in: Callable[[Connection], None] | None = None  # (the hub: expiry timers)
         self.messages_routed = 0
         self.deliveries = 0
+        self.invalid_messages = 0
         self.subscriptions = 0
         self._handlers: dict[str, Callable[[Connection, list[Any], Any], Deferred[Any] | None]] = {
             "publish": self._publish,
@@ -240,11 +241,19 @@ class Broker:
                 ack({"error": "Error: internal error"})
             return None
 
+    def _invalid(self, conn: Connection, subject: Any, ack: Any, what: str) -> None:
+        """A chunk the broker cannot route: the error goes to the sender's ack, and a debug
+        line says who sent what (a publish without an ack has nobody else to be told)."""
+        self.invalid_messages += 1
+        log.debug("conat: {what} from {conn} to {subject!r} not routed", what=what, conn=conn.id,
+                  subject=subject if isinstance(subject, str) else type(subject).__name__)
+        if ack is not None:
+            ack({"error": f"Error: {what}"})
+
     def _publish(self, conn: Connection, args: list[Any], ack: Any) -> Deferred[Any] | None:
         data = args[0] if args else None
         if not isinstance(data, list) or len(data) < 6:
-            if ack is not None:
-                ack({"error": "Error: invalid message"})
+            self._invalid(conn, None, ack, "invalid message")
             return None
         subject = data[0]
         user = conn.user
@@ -253,8 +262,7 @@ class Broker:
             hit = conn.pub_cache.get(subject) if isinstance(subject, str) else None
             if hit is None or not (hit[1] < 0 or hit[1] == self.permissions.generation):
                 if not is_valid_subject_without_wildcards(subject):
-                    if ack is not None:
-                        ack({"error": "Error: invalid subject"})
+                    self._invalid(conn, subject, ack, "invalid subject")
                     return None
             verdict = conn.allowed(subject, PUB)
             if verdict is False:
@@ -269,8 +277,7 @@ class Broker:
 
                 return verdict.addCallback(decided)
         elif not is_valid_subject_without_wildcards(subject):
-            if ack is not None:
-                ack({"error": "Error: invalid subject"})
+            self._invalid(conn, subject, ack, "invalid subject")
             return None
         self._route_and_ack(conn, data, ack)
         return None
@@ -279,11 +286,10 @@ class Broker:
         subject, mid, seq, done, encoding, raw = data[0], data[1], data[2], data[3], data[4], data[5]
         headers = data[6] if len(data) > 6 else None
         # index 7 (cluster targets) is never trusted from a client.
+        # Headers are any JSON value (upstream forwards "x", 7, [1,2], true unchanged).
         if (not isinstance(raw, bytes) or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0
-                or not isinstance(encoding, int) or not isinstance(mid, (str, int))
-                or (headers is not None and not isinstance(headers, dict))):
-            if ack is not None:
-                ack({"error": "Error: invalid message"})
+                or not isinstance(encoding, int) or not isinstance(mid, (str, int))):
+            self._invalid(conn, subject, ack, "invalid message")
             return
         stats = conn.stats["send"]
         stats["bytes"] += len(raw)
@@ -294,22 +300,21 @@ class Broker:
             try:
                 headers_json = dumps(headers)  # once here, not once per delivery
             except (RecursionError, ValueError):
-                if ack is not None:
-                    ack({"error": "Error: invalid message headers"})
+                self._invalid(conn, subject, ack, "invalid message headers")
                 return
         count = self.route(conn, subject, mid, seq, done, encoding, raw, headers, headers_json)
         if ack is not None:
             ack({"count": count})
 
     def route(self, conn: Connection | None, subject: str, mid: Any, seq: int, done: Any, encoding: int,
-              raw: bytes, headers: dict[str, Any] | None, headers_json: str | None = None) -> int:
+              raw: bytes, headers: Any, headers_json: str | None = None) -> int:
         """Deliver one chunk to one member of every (matching pattern, queue group)."""
         interests = self.index.match(subject)
         self.messages_routed += 1
         if not interests:
             return 0
         msg = Routed(subject, mid, seq, done, encoding, raw, headers, headers_json)
-        reply = headers.get("CN-Reply") if headers else None
+        reply = headers.get("CN-Reply") if type(headers) is dict else None
         if isinstance(reply, str) and conn is not None and not owns_reply(conn.user, reply):
             reply = None  # delivered, but answerable only by the inbox's owner
         single = seq == 0 and bool(done)
@@ -370,14 +375,15 @@ class Broker:
                         result = await result
                     results.append(result)
                 if ack is not None:
-                    ack(results)
+                    _ack_subscribed(ack, results, any(r.get("status") == "added" for r in results))
 
             return ensureDeferred(many())
         result = self.subscribe_one(conn, spec)
         if isinstance(result, Deferred):
-            return result.addCallback(lambda r: ack(r) if ack is not None else None)
+            return result.addCallback(
+                lambda r: _ack_subscribed(ack, r, r.get("status") == "added") if ack is not None else None)
         if ack is not None:
-            ack(result)
+            _ack_subscribed(ack, result, result.get("status") == "added")
         return None
 
     def subscribe_one(self, conn: Connection, spec: Any) -> dict[str, Any] | Deferred[dict[str, Any]]:
@@ -605,3 +611,14 @@ class Broker:
             self._remove(sub)
             conn.stats["subs"] = len(conn.subs)
             conn.emit("permission", {"message": message, "subject": sub.pattern, "type": SUB})
+
+
+def _ack_subscribed(ack: Any, result: Any, added: bool) -> None:
+    """A subscribe ack after which the client attaches the subscription's listener: when a
+    subscription was added it is a read barrier (:mod:`cocalc_hub.conat.transport.barriers`),
+    so no delivery for it shares the ack's read and finds no listener yet."""
+    confirm = getattr(ack, "confirm", None) if added else None
+    if confirm is not None:
+        confirm(result)
+    else:
+        ack(result)

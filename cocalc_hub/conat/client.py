@@ -290,7 +290,7 @@ class Client:
             del self._denied[(kind, subject)]
 
     def _chunks(self, subject: str, raw: bytes, encoding: int,
-                headers: dict[str, Any] | None) -> list[list[Any]]:
+                headers: Any) -> list[list[Any]]:
         max_payload = int(self.info.get("max_payload", 1_000_000)) if self.info else 1_000_000
         size = max(1000, max_payload - MAX_HEADER_SIZE)
         mid = self._next_id()
@@ -316,26 +316,25 @@ class Client:
         return self._id_pool[start:start + digits]
 
     def _prepare(self, subject: str, data: Any, raw: bytes | None, encoding: int,
-                 headers: dict[str, Any] | None) -> list[list[Any]]:
+                 headers: Any) -> list[list[Any]]:
+        """``headers``: any JSON value (usually an object; upstream forwards others unchanged)."""
         if self.closed:
             raise ConatError("client is closed")
         if not is_valid_subject_without_wildcards(subject):
             raise ConatError(f"invalid publish subject {subject!r}")
         self._check_denied("pub", subject)
-        if headers is not None and not isinstance(headers, dict):
-            raise ConatError("headers must be a JSON object")
         if raw is None:
             raw = encode(data, encoding)
         return self._chunks(subject, raw, encoding, headers)
 
     def publish_sync(self, subject: str, data: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
-                     headers: dict[str, Any] | None = None) -> None:
+                     headers: Any = None) -> None:
         """Fire and forget."""
         for chunk in self._prepare(subject, data, raw, encoding, headers):
             self.transport.emit("publish", [chunk])
 
     def publish(self, subject: str, data: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
-                headers: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
+                headers: Any = None, timeout: float = DEFAULT_TIMEOUT,
                 wait_for_interest: bool = False) -> Deferred[int]:
         """Publish and return how many subscribers the broker delivered it to."""
         try:
@@ -440,7 +439,7 @@ class Client:
         if not isinstance(subject, str) or not isinstance(data, list) or len(data) < 5:
             return
         mid, seq, done, encoding, raw = data[0], data[1], data[2], data[3], data[4]
-        headers = data[5] if len(data) > 5 and isinstance(data[5], dict) else None
+        headers = data[5] if len(data) > 5 else None
         if not isinstance(raw, bytes):
             return
         if seq == 0 and done:
@@ -631,7 +630,7 @@ class Client:
     async def call(self, subject: str, name: str, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """Call a service method; its ``error`` header is raised as a ConatError."""
         reply = await self.request(subject, [name, list(args)], timeout=timeout)
-        headers = reply.headers or {}
+        headers = reply.header_map
         if headers.get("error"):
             raise ConatError(str(headers["error"]), headers.get("code"))
         return reply.data

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from cocalc_hub.conat.permissions import PUB, User, decide
+from cocalc_hub.conat.transport.barriers import BARRIER, PLAIN
 from cocalc_hub.conat.transport.packets import dumps
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class Routed:
     __slots__ = ("subject", "id", "seq", "done", "encoding", "raw", "headers", "headers_json", "_body")
 
     def __init__(self, subject: str, mid: Any, seq: int, done: Any, encoding: int, raw: bytes,
-                 headers: dict[str, Any] | None, headers_json: str | None = None) -> None:
+                 headers: Any, headers_json: str | None = None) -> None:
         self.subject = subject
         self.id = mid
         self.seq = seq
@@ -83,7 +84,7 @@ class Routed:
 
 
 class Subscription:
-    __slots__ = ("conn", "pattern", "queue", "prefix", "interest")
+    __slots__ = ("conn", "pattern", "queue", "prefix", "interest", "order")
 
     def __init__(self, conn: Connection, pattern: str, queue: str) -> None:
         self.conn = conn
@@ -91,6 +92,9 @@ class Subscription:
         self.queue = queue
         self.prefix = f"451-[{dumps(pattern)},"
         self.interest: Interest | None = None
+        self.order = BARRIER if pattern.startswith("_INBOX") else PLAIN
+        """A delivery on an inbox is a reply: the client may attach listeners for other
+        subjects once it has it (the persist changefeed does), so it ends the client's read."""
 
 
 class Interest:

@@ -71,13 +71,13 @@ class Message:
 
     __slots__ = ("client", "subject", "raw", "encoding", "headers", "_data", "_decoded")
 
-    def __init__(self, client: Client, subject: str, raw: bytes, encoding: int,
-                 headers: dict[str, Any] | None) -> None:
+    def __init__(self, client: Client, subject: str, raw: bytes, encoding: int, headers: Any) -> None:
         self.client = client
         self.subject = subject
         self.raw = raw
         self.encoding = encoding
         self.headers = headers
+        """As sent: usually an object, but any JSON value (upstream forwards ``"x"``, ``7``, …)."""
         self._decoded = False
         self._data: Any = None
 
@@ -89,14 +89,21 @@ class Message:
         return self._data
 
     @property
+    def header_map(self) -> dict[str, Any]:
+        """The headers when they are an object, else an empty one (what layers that read
+        named headers need)."""
+        headers = self.headers
+        return headers if isinstance(headers, dict) else {}
+
+    @property
     def reply_subject(self) -> str | None:
-        reply = (self.headers or {}).get("CN-Reply")
+        reply = self.header_map.get("CN-Reply")
         return reply if isinstance(reply, str) else None
 
     def is_request(self) -> bool:
         return self.reply_subject is not None
 
-    def respond(self, data: Any = None, *, headers: dict[str, Any] | None = None, raw: bytes | None = None,
+    def respond(self, data: Any = None, *, headers: Any = None, raw: bytes | None = None,
                 encoding: int | None = None, wait_for_interest: bool = True,
                 timeout: float = DEFAULT_TIMEOUT) -> Deferred[int]:
         """Answer a request (waiting for the requester's inbox, as upstream does)."""
@@ -107,7 +114,7 @@ class Message:
                                    encoding=self.encoding if encoding is None else encoding,
                                    wait_for_interest=wait_for_interest, timeout=timeout)
 
-    def respond_sync(self, data: Any = None, *, headers: dict[str, Any] | None = None,
+    def respond_sync(self, data: Any = None, *, headers: Any = None,
                      raw: bytes | None = None, encoding: int | None = None) -> None:
         reply = self.reply_subject
         if reply is None:

@@ -47,7 +47,7 @@ class SocketConnection(Connection):
         self.stats["address"] = socket.handshake.client_ip
 
     def deliver(self, sub: Subscription, msg: Any) -> None:
-        self.socket.emit_raw(sub.prefix + msg.body(), msg.raw)
+        self.socket.emit_raw(sub.prefix + msg.body(), msg.raw, sub, sub.order)
 
     def emit(self, event: str, payload: Any, callback: Any = None) -> None:
         self.socket.emit(event, payload, callback=callback)
@@ -280,6 +280,11 @@ class ConatServer:
         metrics.gauge("cocalc_hub_conat_patterns", "Distinct subscription patterns", lambda: len(b.index))
         metrics.counter("cocalc_hub_conat_messages", "Published chunks routed", lambda: b.messages_routed)
         metrics.counter("cocalc_hub_conat_deliveries", "Chunks delivered to subscribers", lambda: b.deliveries)
+        metrics.counter("cocalc_hub_conat_invalid_messages", "Published chunks refused as malformed",
+                        lambda: b.invalid_messages)
+        metrics.counter("cocalc_hub_conat_read_barrier_holds",
+                        "Packets held behind a subscribe ack or reply until the client's pong",
+                        lambda: e.turns.holds)
         metrics.counter("cocalc_hub_conat_protocol_errors", "Connections closed for malformed frames",
                         lambda: e.protocol_errors)
         metrics.counter("cocalc_hub_conat_slow_consumers", "Connections dropped for not reading",

@@ -231,10 +231,27 @@ class RoutingTests(BrokerCase):
         pub.incoming("publish", [["other", "m", 0, 1, 0, b"x", None, [{"pattern": "secret.x", "target": "c3"}]]], ack)
         self.assertEqual((ack.values, victim.deliveries), ([{"count": 0}], []))
 
+    def test_headers_are_any_json_value_and_reach_subscribers_unchanged(self) -> None:
+        pub, sub = self.connect(), self.connect()
+        self.sub(sub, "a.b")
+        values: list[Any] = ["x", 7, [1, 2], True, False, 0, 1.5, {"CN-Reply": 5}, {"a": {"b": [None]}}]
+        for headers in values:
+            self.assertEqual(self.pub(pub, "a.b", headers=headers), {"count": 1}, headers)
+        self.assertEqual([d[2][5] for d in sub.deliveries], values)
+
+    def test_headers_that_cannot_be_json_get_an_error_and_are_counted(self) -> None:
+        pub, sub = self.connect(), self.connect()
+        self.sub(sub, "a.b")
+        ack = Acks()
+        pub.incoming("publish", [["a.b", "m", 0, 1, 0, b"x", float("nan")]], ack)
+        self.assertEqual(ack.values, [{"error": "Error: invalid message headers"}])
+        pub.incoming("publish", [["a.b", "m", 0, 1, 0, b"x", float("inf")]], None)  # no ack: counted, logged
+        self.assertEqual((sub.deliveries, self.broker.invalid_messages), ([], 2))
+
     def test_invalid_publishes(self) -> None:
         pub = self.connect()
         for data in (None, "a.b", ["a.b", "m", 0, 1, 0], ["a.b", "m", 0, 1, 0, "not bytes"],
-                     ["a.b", "m", -1, 1, 0, b"x"], ["a.b", "m", 0, 1, 0, b"x", "headers"]):
+                     ["a.b", "m", -1, 1, 0, b"x"]):
             ack = Acks()
             pub.incoming("publish", [data], ack)
             self.assertEqual(ack.values, [{"error": "Error: invalid message"}], data)

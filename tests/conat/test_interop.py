@@ -30,7 +30,7 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub.conat.broker import Broker
-from cocalc_hub.conat.client import JSON, MSGPACK, Client, connect
+from cocalc_hub.conat.client import JSON, MSGPACK, Client, Message, connect
 from tests.support import CI, REPO, RunningHub, settings_for, spawn, start_hub, until
 from tests.web.api_client import ApiClient
 
@@ -478,3 +478,31 @@ class CrossClientTests(unittest.TestCase):
         # node's request to the Python service (JSON [name, args]), answered on node's inbox
         self.assertEqual(r["request_ack"], [{"count": 1}])
         self.assertEqual(r["reply"], {"subject": r["reply_subject"], "encoding": 1, "raw": '"HELLO"', "headers": None})
+
+    async def test_headers_of_any_json_value_travel_both_ways(self) -> None:
+        """Upstream forwards any JSON value as headers (``"x"``, ``7``, ``[1,2]``, ``true``)."""
+        node = require_node()
+        hub = start_hub(self, settings_for(self.mktemp()))
+        pw = hub_password(hub)
+        client: Client = connect(reactor, hub.root, cookies={"hub_password": pw}, inbox_prefix="_INBOX.hub-hub")
+        self.addCleanup(client.close)
+        await client.signed_in()
+        seen: list[Any] = []
+
+        def echo(msg: Message) -> None:
+            seen.append(msg.headers)
+            client.publish_sync("hdr.in", raw=msg.raw, encoding=msg.encoding, headers=msg.headers)
+
+        def answer(msg: Message) -> None:
+            msg.respond_sync("bar", headers="x", encoding=JSON)  # fire and forget: no ack to see an error in
+
+        await client.subscribe("hdr.out", callback=echo)
+        await client.subscribe("hdr.svc", callback=answer)
+        values: list[Any] = ["x", 7, [1, 2], True, {"k": "v"}]
+        r = await run_script(self, [node, str(INTEROP_JS), "headers",
+                                    json.dumps({"url": hub.root, "cookie": f"hub_password={pw}", "values": values})])
+        self.assertEqual(r["acks"], [{"count": 1}] * len(values))
+        self.assertEqual(seen, values)  # what the Python client received
+        self.assertEqual(r["echoed"], values)  # what node received back
+        self.assertEqual(r["request_count"], {"count": 1})
+        self.assertEqual(r["reply"], {"data": '"bar"', "headers": "x"})

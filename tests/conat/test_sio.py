@@ -346,7 +346,11 @@ class PythonClientTests(unittest.TestCase):
         self.assertTrue(r["sids_differ"])
         self.assertEqual((r["echo_root"], r["echo_custom"]), (["r", 1], "0102"))
         await until(lambda: not factory.connections, what="the client to close its connection")
-        self.assertEqual((root.gone, custom.gone), (["client namespace disconnect"], ["client namespace disconnect"]))
+        # python-socketio sends 41 for each namespace and closes its transport without waiting
+        # for them to be written: either reason, once for each namespace
+        for handler in (root, custom):
+            self.assertEqual(len(handler.gone), 1)
+            self.assertIn(handler.gone[0], ("client namespace disconnect", "transport close"))
 
     async def test_python_engineio_messages_reach_an_engine_io_handler(self) -> None:
         require_python_socketio()

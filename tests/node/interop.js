@@ -360,7 +360,34 @@ const scenarios = {
   permission: scenarioPermission,
   authfail: scenarioAuthFailure,
   cross: scenarioCross,
+  headers: scenarioHeaders,
 };
+
+// Headers are any JSON value: node publishes with each kind of value, a Python client echoes
+// every message back with the headers it received and answers a request with headers "x"
+// (as upstream's socket test does with respondSync).
+async function scenarioHeaders({ url, cookie, values }) {
+  const conn = await connect(url, { cookie });
+  const echoed = [];
+  listen(conn, "hdr.in", (m) => echoed.push(m.headers));
+  await subscribe(conn, "hdr.in");
+  const inbox = `_INBOX.hub-hub.${randomId()}`;
+  let replied;
+  const reply = new Promise((resolve) => { replied = resolve; });
+  listen(conn, `${inbox}.*`, (m) => replied({ data: m.raw.toString(), headers: m.headers }));
+  await subscribe(conn, `${inbox}.*`);
+  const acks = [];
+  for (const headers of values) {
+    const [ack] = await publish(conn, "hdr.out", Buffer.from("1"), { headers, encoding: 1 });
+    acks.push(ack);
+  }
+  const ok = await until(() => echoed.length === values.length, 20000);
+  const [count] = await publish(conn, "hdr.svc", Buffer.from('"foo"'),
+    { headers: { "CN-Reply": `${inbox}.${randomId()}` }, encoding: 1 });
+  const answer = await reply;
+  conn.sock.close();
+  return { acks, echoed, all_echoed: ok, request_count: count, reply: answer };
+}
 
 async function main() {
   const [name, params] = process.argv.slice(2);

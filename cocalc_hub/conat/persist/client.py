@@ -51,7 +51,7 @@ def stored(item: dict[str, Any]) -> StoredMessage:
 
 
 def _check(reply: Message) -> Message:
-    headers = reply.headers or {}
+    headers = reply.header_map
     if headers.get("error") or headers.get("code"):
         raise ConatError(str(headers.get("error") or "error"), headers.get("code"))
     return reply
@@ -110,7 +110,7 @@ class PersistClient:
         await self.inventory()
 
     def _data(self, msg: Message) -> None:
-        headers = msg.headers or {}
+        headers = msg.header_map
         if headers.get("error") and msg.raw in (b"\xc0", b""):
             self.fatal = ConatError(str(headers["error"]), headers.get("code"))
             log.warn("persist {p}: {e}", p=self.path, e=self.fatal)
@@ -280,7 +280,7 @@ class PersistClient:
         expected = 0
         try:
             async for reply in replies:
-                h = reply.headers or {}
+                h = reply.header_map
                 if h.get("error"):
                     raise ConatError(str(h["error"]), h.get("code"))
                 if h.get("seq") != expected:

@@ -202,7 +202,7 @@ class Session:
     # requests ---------------------------------------------------------------------------------
 
     def on_request(self, msg: Message) -> Deferred[None]:
-        headers = msg.headers or {}
+        headers = msg.header_map
         stream = self.stream
         if headers.get("cmd") == "set" and stream is not None and self.error is None and self.ready.called:
             # the write path, without the coroutines of the general one

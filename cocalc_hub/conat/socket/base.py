@@ -85,7 +85,7 @@ class ConatSocket:
         if self.state == "closed":
             return
         self.last_activity = self.reactor.seconds()
-        headers = msg.headers or {}
+        headers = msg.header_map
         cmd = headers.get(CMD)
         if cmd is not None:
             self._command(cmd, msg)

@@ -36,7 +36,7 @@ class ServerSocket(ConatSocket):
         self.last_command = self.reactor.seconds()
 
     def handle(self, msg: Message) -> None:
-        if (msg.headers or {}).get(CMD) is not None:
+        if msg.header_map.get(CMD) is not None:
             self.last_command = self.reactor.seconds()
         super().handle(msg)
 
@@ -91,7 +91,7 @@ class SocketServer:
         if sock is not None:
             sock.handle(msg)
             return
-        cmd = (msg.headers or {}).get(CMD)
+        cmd = msg.header_map.get(CMD)
         peer = ".".join([*tokens[:-3], "client", client_id])
         if cmd == "close":
             return

@@ -136,7 +136,7 @@ class Receiver:
         self._asked: set[int] = set()
 
     def receive(self, msg: Message) -> None:
-        seq = (msg.headers or {}).get(SEQ)
+        seq = msg.header_map.get(SEQ)
         if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
             log.warn("conat socket: discarded a data message without a valid sequence number on {s}",
                      s=msg.subject)
@@ -157,7 +157,7 @@ class Receiver:
             self.last += 1
             msg = self.pending.pop(self.last)
             self._asked.discard(self.last)
-            headers = {k: v for k, v in (msg.headers or {}).items() if k != SEQ}
+            headers = {k: v for k, v in msg.header_map.items() if k != SEQ}
             msg.headers = headers or None
             progressed = True
             try:
@@ -176,7 +176,7 @@ class Receiver:
         self._asked.update(seqs)
 
         def got(reply: Message) -> None:
-            if (reply.headers or {}).get("error") == "nodata" or not isinstance(reply.data, list):
+            if reply.header_map.get("error") == "nodata" or not isinstance(reply.data, list):
                 self.link.reset("the peer no longer has data we missed")
                 return
             for item in reply.data:

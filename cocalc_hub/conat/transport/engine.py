@@ -41,6 +41,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from cocalc_hub.conat.transport import packets
+from cocalc_hub.conat.transport.barriers import PLAIN, ReadBarriers, Turns
 from cocalc_hub.conat.transport.frames import FastFrames, frame, header
 from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.socket import Handshake
@@ -115,6 +116,10 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
     _timer: IDelayedCall | None = None
     _connect_timer: IDelayedCall | None = None
     _awaiting_pong = False
+    _heartbeat_ping = 0
+    _pings = 0
+    _pongs = 0
+    _out: ReadBarriers | None = None
     _paused = False
     _backlog = 0
     _closing_reason = "transport close"
@@ -157,6 +162,8 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         self.opened = True
         self.sid = new_sid()
         opts = self.factory.options
+        self._out = ReadBarriers(self._write, self._send_ping, self.factory.turns, self._held_too_much,
+                                 opts.max_backlog)
         opened = {"sid": self.sid, "upgrades": [], "pingInterval": round(opts.ping_interval * 1000),
                   "pingTimeout": round(opts.ping_timeout * 1000), "maxPayload": opts.max_payload}
         self._write(frame(0x1, ("0" + packets.dumps(opened)).encode()))
@@ -172,11 +179,23 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         if self.state != STATE_OPEN:
             return
         self._awaiting_pong = True
-        self._write(b"\x81\x012")
+        self._heartbeat_ping = self._send_ping()
         self._timer = self.factory.clock.callLater(self.factory.options.ping_timeout, self._ping_timeout)
 
+    def _send_ping(self) -> int:
+        """Send an Engine.IO ping; returns its number. Clients answer pings in order (a pong
+        carries no id), so the n-th pong answers the n-th ping."""
+        self._write(b"\x81\x012")
+        self._pings += 1
+        return self._pings
+
     def _pong(self) -> None:
-        if not self._awaiting_pong:
+        if self._pongs >= self._pings:
+            return  # unsolicited: ignored
+        self._pongs += 1
+        if self._out is not None:
+            self._out.answered(self._pongs)
+        if not self._awaiting_pong or self._pongs < self._heartbeat_ping:
             return
         self._awaiting_pong = False
         if self._timer is not None and self._timer.active():
@@ -274,8 +293,16 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
                 return
         self.transport.write(data)  # type: ignore[union-attr]
 
-    def send_packet(self, text: str, binaries: list[bytes]) -> None:
-        if self.state != STATE_OPEN:
+    def _held_too_much(self, n: int) -> None:
+        log.warn("conat: dropping {peer}, which has not answered a ping with {n} bytes held for it",
+                 peer=self.handshake.client_ip, n=n)
+        self.factory.slow_consumers += 1
+        self._close("slow consumer", abort=True)
+
+    def send_packet(self, text: str, binaries: list[bytes], flow: object = None, order: int = PLAIN) -> None:
+        """Write one packet; ``flow`` and ``order`` are :mod:`.barriers`' (who the packet
+        feeds, and whether it must end the client's read)."""
+        if self.state != STATE_OPEN or self._out is None:
             return
         data = text.encode("utf-8")
         if binaries:
@@ -283,22 +310,22 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
             for b in binaries:
                 out.append(header(0x2, len(b)))
                 out.append(b)
-            self._write(b"".join(out))
+            self._out.send(b"".join(out), flow, order)
         else:
-            self._write(header(0x1, len(data)) + data)
+            self._out.send(header(0x1, len(data)) + data, flow, order)
 
-    def send_raw(self, text: str, binary: bytes) -> None:
-        if self.state != STATE_OPEN:
+    def send_raw(self, text: str, binary: bytes, flow: object = None, order: int = PLAIN) -> None:
+        if self.state != STATE_OPEN or self._out is None:
             return
         data = text.encode("utf-8")
-        self._write(b"".join((header(0x1, len(data)), data, header(0x2, len(binary)), binary)))
+        self._out.send(b"".join((header(0x1, len(data)), data, header(0x2, len(binary)), binary)), flow, order)
 
     def send_message(self, data: str | bytes) -> None:
         """An Engine.IO message: ``4`` + text in a text frame, or bytes in a binary frame."""
         if isinstance(data, str):
             self.send_packet("4" + data, [])
-        elif self.state == STATE_OPEN:
-            self._write(frame(0x2, bytes(data)))
+        elif self.state == STATE_OPEN and self._out is not None:
+            self._out.send(frame(0x2, bytes(data)), None, PLAIN)
 
     def close(self, reason: str = "server shutting down") -> None:
         self._close(reason)
@@ -306,6 +333,12 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
     def _close(self, reason: str, abort: bool = False) -> None:
         self._closing_reason = reason
         self._gone(reason)
+        out = self._out
+        if out is not None:
+            if abort:
+                out.drop()
+            elif self.state == STATE_OPEN:
+                out.flush()  # what a hold kept goes out before the close frame
         if abort:
             self.dropConnection(abort=True)
         elif self.state == STATE_OPEN:
@@ -334,6 +367,8 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_timers()
+        if self._out is not None:
+            self._out.drop()
         self._gone(self._closing_reason)
         if self.opened:
             self.opened = False
@@ -352,6 +387,7 @@ class EngineFactory(WebSocketServerFactory):
         self.clock = clock
         self.options = options or EngineOptions()
         self.connections: set[EngineProtocol] = set()
+        self.turns = Turns(clock)
         self.protocol_errors = 0
         self.slow_consumers = 0
         self._pending_handshake: Handshake | None = None
@@ -383,6 +419,7 @@ class EngineFactory(WebSocketServerFactory):
     def close_all(self) -> None:
         for proto in list(self.connections):
             proto.close()
+        self.turns.stop()
 
 
 class EngineResource(WebSocketResource):

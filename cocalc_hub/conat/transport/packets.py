@@ -27,7 +27,8 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
 
 # ASCII output: a lone surrogate a client smuggled in through a JSON escape stays an
 # escape instead of becoming invalid UTF-8 in someone else's text frame.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+# NaN and infinities are not JSON: refused here too, not only when parsing (packets.decode).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
 
 class ProtocolError(Exception):

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from cocalc_hub.conat.transport import packets
+from cocalc_hub.conat.transport.barriers import CONFIRM, PLAIN
 
 log = Logger()
 
@@ -39,8 +40,8 @@ class Handshake:
 class Sender(Protocol):
     """What a socket writes to: the Engine.IO connection underneath."""
 
-    def send_packet(self, text: str, binaries: list[bytes]) -> None: ...
-    def send_raw(self, text: str, binary: bytes) -> None: ...
+    def send_packet(self, text: str, binaries: list[bytes], flow: object = None, order: int = PLAIN) -> None: ...
+    def send_raw(self, text: str, binary: bytes, flow: object = None, order: int = PLAIN) -> None: ...
     def close(self) -> None: ...
     def pause_input(self) -> None: ...
     def resume_input(self) -> None: ...
@@ -90,13 +91,22 @@ class Ack:
         self.sent = False
 
     def __call__(self, *args: Any) -> None:
+        self.send(list(args))
+
+    def confirm(self, *args: Any) -> None:
+        """Send the ack as a read barrier the client must have handled before anything
+        after it reaches it (:mod:`.barriers`): for acks whose continuation attaches the
+        listener that later packets need, such as a subscription's."""
+        self.send(list(args), CONFIRM)
+
+    def send(self, args: list[Any], order: int = PLAIN) -> None:
         if self.sent:
             return
         self.sent = True
         socket = self.socket
         if socket.connected:
-            text, *binaries = packets.encode(packets.ACK, list(args), nsp=socket.nsp, ack_id=self.id)
-            socket.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
+            text, *binaries = packets.encode(packets.ACK, args, nsp=socket.nsp, ack_id=self.id)
+            socket.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)], None, order)
 
     def raw(self, json_text: str) -> None:
         """Send an already encoded (JSON array) ack payload without attachments."""
@@ -146,13 +156,15 @@ class ServerSocket:
         text, *binaries = packets.encode(packets.EVENT, [event, *args], nsp=self.nsp, ack_id=ack_id)
         self.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
 
-    def emit_raw(self, text: str, binary: bytes) -> None:
-        """Send a pre-encoded binary event (``451-[...]``) and its one attachment: the hot path."""
+    def emit_raw(self, text: str, binary: bytes, flow: object = None, order: int = PLAIN) -> None:
+        """Send a pre-encoded binary event (``451-[...]``) and its one attachment: the hot path.
+        ``flow`` names the listener it feeds and ``order`` says whether it ends the client's
+        read (:mod:`.barriers`)."""
         if self.connected:
             if self.nsp != "/":
                 head, _, rest = text.partition("-")
                 text = f"{head}-{self.nsp},{rest}"
-            self.sender.send_raw(text, binary)
+            self.sender.send_raw(text, binary, flow, order)
 
     def forget_ack(self, ack_id: int) -> None:
         self._acks.pop(ack_id, None)
