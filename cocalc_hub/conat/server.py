@@ -24,6 +24,7 @@ from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.local import LocalConnection
 from cocalc_hub.conat.permissions import HUB_USER, SUB, SYSTEM_USER, Permissions, User, account_user, project_user
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
+from cocalc_hub.conat.transport.sio import SocketIOServer
 from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
 from cocalc_hub.web.origins import OriginPolicy
 from cocalc_hub.web.request import client_ip, is_secure, printable
@@ -173,7 +174,7 @@ class ConatServer:
         self.permissions = Permissions(self._is_member if store is not None else None, reactor.seconds,
                                        ttl=membership_ttl)
         self.broker = Broker(reactor, authenticate=authenticate, permissions=self.permissions, config=config)
-        self.engine = EngineFactory(BrokerHandler(self.broker), reactor, engine)
+        self.engine = EngineFactory(SocketIOServer(BrokerHandler(self.broker)), reactor, engine)
         policy = origins if origins is not None else OriginPolicy(trust_proxy=trust_proxy)
         self.origin_check = OriginCheck(names, policy) if names is not None else None
         self.resource = EngineResource(self.engine, lambda request: handshake_from(request, self.trust_proxy),

@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
+from cocalc_hub.conat.transport.sio import SocketIOServer
 from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
 from tests.support import WAIT, until
 
@@ -234,8 +235,11 @@ class Recorder:
 def serve_engine(case: unittest.TestCase, handler: Any, options: EngineOptions | None = None,
                  handshake: Any = None, clock: Any = reactor) -> tuple[int, EngineFactory]:
     """A plain Site with only the Engine.IO resource at /conat/; its port. The engine's
-    timers run on ``clock`` (a test may pass a ``task.Clock`` it advances)."""
-    factory = EngineFactory(handler, clock, options)
+    timers run on ``clock`` (a test may pass a ``task.Clock`` it advances). ``handler`` is
+    the Socket.IO handler of the root namespace, or an Engine.IO handler (which has
+    ``engine_connected``), such as a :class:`SocketIOServer` with several namespaces."""
+    engine_handler = handler if hasattr(handler, "engine_connected") else SocketIOServer(handler)
+    factory = EngineFactory(engine_handler, clock, options)
     resource = EngineResource(factory, handshake or (lambda request: Handshake(client_ip="127.0.0.1")))
     root = Resource()
     root.putChild(b"conat", resource)

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from cocalc_hub.conat.server import handshake_from
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineProtocol, EngineResource
+from cocalc_hub.conat.transport.sio import SocketIOServer
 from tests.conat.support import Recorder
 from tests.proxy.test_autobahn import require_wstest, run_fuzzing_client
 from tests.support import settings_for, start_hub
@@ -46,7 +47,7 @@ class ConatFuzzingTests(unittest.TestCase):
         require_wstest()
         hub = start_hub(self, settings_for(self.mktemp()))
         # 16 MiB messages are part of the suite (cases 9.x); the real endpoint's limit is 8 MB.
-        factory = EchoFactory(Recorder(), reactor, EngineOptions(max_payload=17 * 1024 * 1024))
+        factory = EchoFactory(SocketIOServer(Recorder()), reactor, EngineOptions(max_payload=17 * 1024 * 1024))
         resource = EngineResource(factory, lambda request: handshake_from(request, False))
         assert hub.hub.web_parts is not None
         hub.hub.web_parts.router.mount("conat", resource, "conat")

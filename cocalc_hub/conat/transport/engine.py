@@ -1,11 +1,17 @@
-"""Engine.IO v4 over an autobahn WebSocket, carrying Socket.IO v5 on the root namespace.
+"""Engine.IO v4 over an autobahn WebSocket (the WebSocket transport only).
 
 The server speaks first (the ``open`` packet), pings every ``ping_interval`` seconds and
-closes a connection whose pong does not come back within ``ping_timeout``; a client that
-has not joined the namespace within ``connect_timeout`` is closed too. Anything
-malformed (unknown packet type, bad JSON, a binary frame nobody announced, a text frame
-while attachments are due, a client ping) closes the connection with 1002: a protocol
-error costs the offender its connection, never the server its state.
+closes a connection whose pong does not come back within ``ping_timeout``; a connection
+its handler has not called :meth:`EngineProtocol.established` for within
+``connect_timeout`` is closed too (for Socket.IO: no namespace joined).
+
+The layer is usable on its own: an :class:`EngineHandler` gets a receiver for each new
+connection, which is given every message (``4…`` text, or a binary frame) and told once
+when the connection goes; it answers with :meth:`EngineProtocol.send_message`. The
+Socket.IO server (:mod:`.sio`) is one such handler. Anything malformed at the Engine.IO
+level (unknown packet type, a client ping), and anything a receiver refuses by raising
+:class:`~.packets.ProtocolError`, closes the connection with 1002: a protocol error costs
+the offender its connection, never the server its state.
 
 permessage-deflate is declined: Node clients and browsers offer it, and accepting it
 makes a broker spend most of its CPU in zlib for no gain on loopback or LAN links
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
@@ -39,7 +45,7 @@ from cocalc_hub.conat.transport.barriers import PLAIN, ReadBarriers, Turns
 from cocalc_hub.conat.transport.flush import flush
 from cocalc_hub.conat.transport.frames import FastFrames, frame, header
 from cocalc_hub.conat.transport.packets import ProtocolError
-from cocalc_hub.conat.transport.socket import Ack, Handler, Handshake, ServerSocket
+from cocalc_hub.conat.transport.socket import Handshake
 
 log = Logger()
 
@@ -67,14 +73,47 @@ class EngineOptions:
         dropped as a slow consumer."""
 
 
+class Receiver(Protocol):
+    """What an Engine.IO handler attaches to one connection: it gets the messages.
+
+    ``on_message`` gets a text message's data (after the ``4``), ``on_binary`` a binary
+    message; either may raise :class:`~.packets.ProtocolError` to close the connection
+    (1002). ``on_close`` is called once, whatever the cause."""
+
+    def on_message(self, text: str) -> None: ...
+    def on_binary(self, data: bytes) -> None: ...
+    def on_close(self, reason: str) -> None: ...
+
+
+class EngineHandler(Protocol):
+    """Engine.IO server side: one :class:`Receiver` per new connection."""
+
+    def engine_connected(self, engine: EngineProtocol) -> Receiver: ...
+
+
+class _Gone:
+    """The receiver of a connection once its own has been told it closed."""
+
+    def on_message(self, text: str) -> None:
+        pass
+
+    def on_binary(self, data: bytes) -> None:
+        pass
+
+    def on_close(self, reason: str) -> None:
+        pass
+
+
+GONE = _Gone()
+
+
 @implementer(IPushProducer)
 class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
-    """One Engine.IO connection (WebSocket transport only) and its root-namespace socket."""
+    """One Engine.IO connection (WebSocket transport only); ``receiver`` gets its messages."""
 
     factory: EngineFactory
     handshake: Handshake = Handshake()
-    socket: ServerSocket | None = None
-    _pending: packets.Packet | None = None
+    receiver: Receiver = GONE
     _timer: IDelayedCall | None = None
     _connect_timer: IDelayedCall | None = None
     _awaiting_pong = False
@@ -171,8 +210,15 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def _no_connect(self) -> None:
         self._connect_timer = None
-        if self.socket is None:
-            self._close("connect timeout")
+        self._close("connect timeout")
+
+    def established(self) -> None:
+        """The handler accepts this connection: the connect timeout no longer applies."""
+        timer = self._connect_timer
+        if timer is not None:
+            self._connect_timer = None
+            if timer.active():
+                timer.cancel()
 
     def _cancel_timers(self) -> None:
         for timer in (self._timer, self._connect_timer):
@@ -207,31 +253,16 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
             self._text(payload.decode("utf-8"))  # autobahn has validated it
 
     def _binary(self, payload: bytes) -> None:
-        pending = self._pending
-        if pending is None:
-            self._protocol_error("binary frame without a packet announcing it")
-            return
-        pending.attachments.append(payload)
-        if len(pending.attachments) == pending.expected:
-            self._pending = None
-            try:
-                self._dispatch(packets.finish_binary(pending))
-            except ProtocolError as e:
-                self._protocol_error(str(e))
+        try:
+            self.receiver.on_binary(payload)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
 
     def _text(self, text: str) -> None:
         try:
-            if self._pending is not None:
-                raise ProtocolError("text frame while binary attachments are due")
             kind = text[:1]
             if kind == "4":
-                packet = packets.decode(text[1:])
-                if packet.expected:
-                    self._pending = packet
-                elif packet.type >= packets.BINARY_EVENT:
-                    self._dispatch(packets.finish_binary(packet))
-                else:
-                    self._dispatch(packet)
+                self.receiver.on_message(text[1:])
             elif kind == "3":
                 self._pong()
             elif kind == "6":
@@ -245,55 +276,13 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         except ProtocolError as e:
             self._protocol_error(str(e))
 
-    def _dispatch(self, packet: packets.Packet) -> None:
-        t = packet.type
-        if packet.nsp != "/":
-            if t == packets.CONNECT:
-                self.send_packet(f'44{packet.nsp},{{"message":"Invalid namespace"}}', [])
-            return
-        socket = self.socket
-        if t == packets.EVENT:
-            if socket is None:
-                return
-            data = packet.data
-            name = data[0]
-            if not isinstance(name, str):
-                return
-            ack = Ack(socket, packet.id) if packet.id is not None else None
-            try:
-                self.factory.handler.socket_event(socket, name, data[1:], ack)
-            except Exception:
-                log.failure("conat: event handler failed")
-        elif t == packets.ACK:
-            if socket is not None:
-                socket.got_ack(packet.id, packet.data)
-        elif t == packets.CONNECT:
-            if socket is not None:
-                return
-            socket = self.socket = ServerSocket(new_sid(), self, self.handshake)
-            if self._connect_timer is not None and self._connect_timer.active():
-                self._connect_timer.cancel()
-            self._connect_timer = None
-            self.send_packet(f'40{{"sid":"{socket.sid}"}}', [])
-            try:
-                self.factory.handler.socket_connected(socket)
-            except Exception:
-                log.failure("conat: connect handler failed")
-        elif t == packets.DISCONNECT:
-            if socket is not None:
-                self._socket_gone("client namespace disconnect")
-        else:  # CONNECT_ERROR is server to client only
-            raise ProtocolError("unexpected packet type from a client")
-
-    def _socket_gone(self, reason: str) -> None:
-        socket, self.socket = self.socket, None
-        if socket is None:
-            return
-        socket.closed()
+    def _gone(self, reason: str) -> None:
+        """Tell the receiver (once) that the connection is closing or closed."""
+        receiver, self.receiver = self.receiver, GONE
         try:
-            self.factory.handler.socket_disconnected(socket, reason)
+            receiver.on_close(reason)
         except Exception:
-            log.failure("conat: disconnect handler failed")
+            log.failure("engine.io: close handler failed")
 
     def _protocol_error(self, reason: str) -> None:
         log.debug("conat: closing {peer}: {reason}", peer=self.handshake.client_ip, reason=reason)
@@ -302,7 +291,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         if self.state == STATE_OPEN:
             self.sendCloseFrame(code=WebSocketProtocol.CLOSE_STATUS_CODE_PROTOCOL_ERROR,
                                 reasonUtf8=reason.encode()[:120])
-        self._socket_gone("parse error")
+        self._gone("parse error")
 
     # output (Sender) ---------------------------------------------------------------------
 
@@ -347,18 +336,19 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         data = text.encode("utf-8")
         self._out.send(b"".join((header(0x1, len(data)), data, header(0x2, len(binary)), binary)), flow, order)
 
-    def disconnect_socket(self, socket: ServerSocket) -> None:
-        if socket is self.socket:
-            self.send_packet("41", [])
-            self._socket_gone("server namespace disconnect")
-            self._close("server namespace disconnect")
+    def send_message(self, data: str | bytes) -> None:
+        """An Engine.IO message: ``4`` + text in a text frame, or bytes in a binary frame."""
+        if isinstance(data, str):
+            self.send_packet("4" + data, [])
+        elif self.state == STATE_OPEN and self._out is not None:
+            self._out.send(frame(0x2, bytes(data)), None, PLAIN)
 
-    def close(self) -> None:
-        self._close("server shutting down")
+    def close(self, reason: str = "server shutting down") -> None:
+        self._close(reason)
 
     def _close(self, reason: str, abort: bool = False) -> None:
         self._closing_reason = reason
-        self._socket_gone(reason)
+        self._gone(reason)
         out = self._out
         if out is not None:
             if abort:
@@ -393,21 +383,21 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_timers()
-        self._pending = None
         if self._out is not None:
             self._out.drop()
-        self._socket_gone(self._closing_reason)
+        self._gone(self._closing_reason)
         if self.opened:
             self.opened = False
             self.factory.closed(self)
 
 
 class EngineFactory(WebSocketServerFactory):
-    """Builds :class:`EngineProtocol` connections for one handler."""
+    """Builds :class:`EngineProtocol` connections for one Engine.IO handler (for Socket.IO,
+    a :class:`~.sio.SocketIOServer`)."""
 
     protocol = EngineProtocol  # type: ignore[assignment]
 
-    def __init__(self, handler: Handler, clock: Any, options: EngineOptions | None = None) -> None:
+    def __init__(self, handler: EngineHandler, clock: Any, options: EngineOptions | None = None) -> None:
         super().__init__(server="cocalc-hub")  # the hub's Server header, not autobahn's name and version
         self.handler = handler
         self.clock = clock
@@ -448,6 +438,7 @@ class EngineFactory(WebSocketServerFactory):
 
     def opened(self, proto: EngineProtocol) -> None:
         self.connections.add(proto)
+        proto.receiver = self.handler.engine_connected(proto)
 
     def closed(self, proto: EngineProtocol) -> None:
         self.connections.discard(proto)

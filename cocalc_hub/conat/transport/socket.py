@@ -1,9 +1,14 @@
 """The Socket.IO side of a connection: sockets, events, acknowledgements, handlers.
 
-A :class:`Handler` (the conat broker is one) sees connections as :class:`ServerSocket`
-objects: it is told when a client joins the root namespace, receives every event with
-its arguments (binary attachments already put back in place) and an optional
-:class:`Ack`, and is told when the socket goes away, whatever the cause.
+A :class:`Handler` (the conat broker is one, on the root namespace ``/``) serves one
+namespace and sees its clients as :class:`ServerSocket` objects: it is told when a client
+joins the namespace (with the CONNECT packet's payload in ``socket.auth``), receives every
+event with its arguments (binary attachments already put back in place) and an optional
+:class:`Ack`, and is told when the socket goes away, whatever the cause. A handler that
+also has ``socket_connecting(socket)`` may refuse the client there by raising
+:class:`ConnectRefused` (the client gets a CONNECT_ERROR packet), or decide later: it may
+return a Deferred or a coroutine, which fails with :class:`ConnectRefused` to refuse. :mod:`.sio` routes the
+packets of one connection to the sockets of its namespaces.
 """
 
 from __future__ import annotations
@@ -37,16 +42,42 @@ class Sender(Protocol):
 
     def send_packet(self, text: str, binaries: list[bytes], flow: object = None, order: int = PLAIN) -> None: ...
     def send_raw(self, text: str, binary: bytes, flow: object = None, order: int = PLAIN) -> None: ...
-    def disconnect_socket(self, socket: ServerSocket) -> None: ...
     def close(self) -> None: ...
     def pause_input(self) -> None: ...
     def resume_input(self) -> None: ...
+
+
+class Client(Protocol):
+    """The Socket.IO side of a connection, which holds its namespaces' sockets."""
+
+    def disconnect_socket(self, socket: ServerSocket, close: bool) -> None: ...
 
 
 class Handler(Protocol):
     def socket_connected(self, socket: ServerSocket) -> None: ...
     def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None: ...
     def socket_disconnected(self, socket: ServerSocket, reason: str) -> None: ...
+
+
+class ConnectRefused(Exception):
+    """Raised by a handler's ``socket_connecting``: the client gets
+    ``44[/nsp,]{"message": message[, "data": data]}`` and is not connected."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+def nsp_part(nsp: str) -> str:
+    """What a packet carries between its type (and attachment count) and its ack id."""
+    return "" if nsp == "/" else nsp + ","
 
 
 class Ack:
@@ -74,7 +105,7 @@ class Ack:
         self.sent = True
         socket = self.socket
         if socket.connected:
-            text, *binaries = packets.encode(packets.ACK, args, ack_id=self.id)
+            text, *binaries = packets.encode(packets.ACK, args, nsp=socket.nsp, ack_id=self.id)
             socket.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)], None, order)
 
     def raw(self, json_text: str) -> None:
@@ -84,23 +115,34 @@ class Ack:
         self.sent = True
         socket = self.socket
         if socket.connected:
-            socket.sender.send_packet(f"43{self.id}{json_text}", [])
+            socket.sender.send_packet(f"43{nsp_part(socket.nsp)}{self.id}{json_text}", [])
 
 
 class ServerSocket:
-    """One client on the root namespace."""
+    """One client on one namespace (``nsp``) of a connection."""
 
-    __slots__ = ("sid", "sender", "handshake", "connected", "_next_ack", "_acks", "state", "__weakref__")
+    __slots__ = ("sid", "sender", "handshake", "connected", "_next_ack", "_acks", "state", "nsp", "_auth", "client",
+                 "__weakref__")
 
-    def __init__(self, sid: str, sender: Sender, handshake: Handshake) -> None:
+    def __init__(self, sid: str, sender: Sender, handshake: Handshake, *, nsp: str = "/",
+                 auth: Any = None, client: Client | None = None) -> None:
         self.sid = sid
         self.sender = sender
         self.handshake = handshake
+        self.nsp = nsp
+        self._auth = auth
+        self.client = client
         self.connected = True
         self._next_ack = 0
         self._acks: dict[int, Callable[[list[Any]], None]] = {}
         self.state: Any = None
         """Free for the handler (the broker keeps its connection record here)."""
+
+    @property
+    def auth(self) -> Any:
+        """The CONNECT packet's payload, the client's ``auth`` option (``{}`` when it had none;
+        not kept per socket, as most clients send none)."""
+        return self._auth if self._auth is not None else {}
 
     def emit(self, event: str, *args: Any, callback: Callable[[list[Any]], None] | None = None) -> None:
         """Send an event; ``callback`` receives the client's ack arguments, if it answers."""
@@ -111,7 +153,7 @@ class ServerSocket:
             ack_id = self._next_ack
             self._next_ack += 1
             self._acks[ack_id] = callback
-        text, *binaries = packets.encode(packets.EVENT, [event, *args], ack_id=ack_id)
+        text, *binaries = packets.encode(packets.EVENT, [event, *args], nsp=self.nsp, ack_id=ack_id)
         self.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
 
     def emit_raw(self, text: str, binary: bytes, flow: object = None, order: int = PLAIN) -> None:
@@ -119,6 +161,9 @@ class ServerSocket:
         ``flow`` names the listener it feeds and ``order`` says whether it ends the client's
         read (:mod:`.barriers`)."""
         if self.connected:
+            if self.nsp != "/":
+                head, _, rest = text.partition("-")
+                text = f"{head}-{self.nsp},{rest}"
             self.sender.send_raw(text, binary, flow, order)
 
     def forget_ack(self, ack_id: int) -> None:
@@ -138,10 +183,11 @@ class ServerSocket:
             except Exception:
                 log.failure("ack callback failed")
 
-    def disconnect(self) -> None:
-        """Server-side disconnect: ``41``, then the connection is closed."""
-        if self.connected:
-            self.sender.disconnect_socket(self)
+    def disconnect(self, close: bool = True) -> None:
+        """Server-side disconnect: ``41[/nsp,]``, then (``close``) the whole connection is
+        closed, with the client's other namespaces; else only this namespace is left."""
+        if self.connected and self.client is not None:
+            self.client.disconnect_socket(self, close)
 
     def closed(self) -> None:
         self.connected = False
