@@ -98,7 +98,7 @@ class EngineFlushTests(unittest.TestCase):
         await open_session(a)
         b = await ws_connect(self, port)
         await open_session(b)
-        sender = next(p for p in factory.connections if p.socket is sockets[0])
+        sender = sockets[0].client.engine  # the Engine.IO connection under the first socket
         sender.dataReceived(masked_frame(0x1, b'42["ping"]'))
         data = peek(b.transport)
         self.assertIsNotNone(data, "the relayed event is still in Twisted's buffer")
