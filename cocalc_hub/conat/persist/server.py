@@ -160,19 +160,31 @@ class Session:
         if self.feed or self.stream is None:
             return
         self.feed = True
-        self.stream.add_listener(self.changed)
+        self.stream.add_listener(self.changed, flush=self.flush_pending)
 
     # the changefeed: ordered, acknowledged writes, batched over 30 ms ---------------------------
+    # ... except that a change reaches every changefeed no later than its writer's reply (as
+    # upstream; applications rely on "once my save returned, everyone has it"): the stream
+    # calls flush_pending after giving a write's events to its listeners and before answering
+    # the writer. What still batches: the sets committed together (one transaction, one feed
+    # write) and changes that no writer here waits for (other hubs' writes, via PostgreSQL).
+
+    def flush_pending(self) -> None:
+        if self.feed_buffer:
+            if self.feed_timer is not None and self.feed_timer.active():
+                self.feed_timer.cancel()
+            self.flush_feed()
 
     def changed(self, events: list[dict[str, Any]]) -> None:
         self.feed_buffer.extend(events)
         if self.feed_timer is not None:
             return
         now = self.server.reactor.seconds()
-        if now - self.feed_last >= CHANGEFEED_THROTTLE:
+        throttle = self.server.changefeed_throttle
+        if now - self.feed_last >= throttle:
             self.flush_feed()  # leading edge
         else:
-            self.feed_timer = self.server.reactor.callLater(CHANGEFEED_THROTTLE - (now - self.feed_last),
+            self.feed_timer = self.server.reactor.callLater(throttle - (now - self.feed_last),
                                                             self.flush_feed)
 
     def flush_feed(self) -> None:
@@ -418,7 +430,8 @@ class PersistServer:
 
     def __init__(self, client: Client, backend: Backend, *, server_id: str = "0",
                  ids: list[str] | None = None, service: str = "persist", balancer: bool = True,
-                 max_per_user: int = MAX_PER_USER, max_global: int = MAX_GLOBAL) -> None:
+                 max_per_user: int = MAX_PER_USER, max_global: int = MAX_GLOBAL,
+                 changefeed_throttle: float = CHANGEFEED_THROTTLE) -> None:
         self.client = client
         self.reactor = client.reactor
         self.id = server_id
@@ -429,6 +442,7 @@ class PersistServer:
         self.balancer = balancer
         self.max_per_user = max_per_user
         self.max_global = max_global
+        self.changefeed_throttle = changefeed_throttle
         self.backend = backend
         self.sessions: set[Session] = set()
         self.per_user: dict[str, int] = {}
