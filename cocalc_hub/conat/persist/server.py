@@ -329,6 +329,16 @@ def _int(value: Any) -> int | None:
     return value
 
 
+def _ttl(value: Any) -> int | None:
+    """A message's ttl in ms: any number (stored whatever the stream's config, see common.py)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+            or value in (float("inf"), float("-inf")):
+        raise ConatError(f"ttl must be a number of ms, not {value!r}", 400)
+    return int(value)
+
+
 def _error_headers(error: ConatError) -> dict[str, Any]:
     out: dict[str, Any] = {"error": str(error)}
     if error.code is not None:
@@ -349,7 +359,7 @@ def _set_request(raw: Any, encoding: Any, headers: Any, params: dict[str, Any]) 
     msg_id = params.get("msgID")
     if msg_id is not None and not isinstance(msg_id, str):
         raise ConatError("msgID must be a string", 400)
-    return SetRequest(raw=raw, encoding=encoding, headers=headers, key=key, ttl=_int(params.get("ttl")),
+    return SetRequest(raw=raw, encoding=encoding, headers=headers, key=key, ttl=_ttl(params.get("ttl")),
                       previous_seq=_int(params.get("previousSeq")), msg_id=msg_id)
 
 

@@ -143,7 +143,7 @@ class MemoryStore(Store, Session):
         return self._delete_where(lambda r: r.time_ms < time_ms)
 
     def delete_expired(self, now_ms: float) -> list[int]:
-        return self._delete_where(lambda r: bool(r.ttl) and r.time_ms + (r.ttl or 0) < now_ms)
+        return self._delete_where(lambda r: (r.ttl or 0) > 0 and r.time_ms + (r.ttl or 0) < now_ms)
 
     def delete_upto(self, last_seq: int | None) -> list[int]:
         return self._delete_where(lambda r: last_seq is None or r.seq <= last_seq)
