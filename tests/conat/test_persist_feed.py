@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
 
 from cocalc_hub.conat.client import Client
 from cocalc_hub.conat.local import LocalTransport
@@ -23,6 +24,7 @@ from cocalc_hub.conat.permissions import account_user
 from cocalc_hub.conat.persist.client import PersistClient
 from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
 from tests.conat.test_persist import A, PersistCase
+from tests.support import settings_for, start_hub
 
 MINUTE = 60.0
 
@@ -107,3 +109,20 @@ class FeedBeforeReplyTests(PersistCase):
         await turn()
         self.assertEqual([e["seq"] for e in events if "seq" in e][-100:], [r["seq"] for r in results])
         self.assertLess(reader.sock.receiver.last - before, 20, "about one feed write per group commit")
+
+
+class NodeFeedOrderTests(unittest.TestCase):
+    """The same over a hub's WebSocket, with two npm socket.io-client connections
+    (tests/node/persist_order.js): after each save's reply, B may read what already reached
+    it (a few setImmediate turns, no timer) and must then have that save's update."""
+
+    timeout = 60
+
+    async def test_a_node_reader_has_each_change_when_the_node_writer_s_save_returns(self) -> None:
+        from tests.conat.test_interop import NODE_DIR, hub_password, require_node, run_script
+
+        node = require_node()
+        hub = start_hub(self, settings_for(self.mktemp()))
+        result = await run_script(self, [node, str(NODE_DIR / "persist_order.js"), hub.root,
+                                         f"hub_password={hub_password(hub)}", "hub/order", "10"])
+        self.assertEqual(result["feed_after_save"], list(range(1, 11)))
