@@ -7,6 +7,8 @@
     python persist_client.py durable <url> <hub password> <path> <ack log>
     python persist_client.py feed    <url> <hub password> <path> <seconds>
 
+With PERSIST_EPHEMERAL=1 in the environment the stream is opened ephemeral (in memory).
+
 Prints one JSON line (``durable`` runs until SIGTERM and logs "value seq" per acknowledged
 write, flushed before the next is counted).
 """
@@ -14,6 +16,7 @@ write, flushed before the next is counted).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import sys
@@ -33,14 +36,15 @@ async def open_stream(reactor: Any, url: str, password: str, path: str,
                       changefeed: bool = False) -> tuple[Client, PersistClient]:
     client = connect(reactor, url, cookies={"hub_password": password}, inbox_prefix="_INBOX.hub-hub")
     await client.signed_in()
-    p = PersistClient(client, path, timeout=10.0, changefeed=changefeed)
+    ephemeral = os.environ.get("PERSIST_EPHEMERAL") == "1"
+    p = PersistClient(client, path, timeout=10.0, changefeed=changefeed, ephemeral=ephemeral)
     for _ in range(100):
         try:
             await p.connect()
             return client, p
         except ConatError:  # the persist server may still be starting
             p.close()
-            p = PersistClient(client, path, timeout=10.0, changefeed=changefeed)
+            p = PersistClient(client, path, timeout=10.0, changefeed=changefeed, ephemeral=ephemeral)
             await task.deferLater(reactor, 0.2, lambda: None)
     raise SystemExit("could not open the stream")
 
