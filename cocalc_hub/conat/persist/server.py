@@ -168,6 +168,9 @@ class Session:
     # calls flush_pending after giving a write's events to its listeners and before answering
     # the writer. What still batches: the sets committed together (one transaction, one feed
     # write) and changes that no writer here waits for (other hubs' writes, via PostgreSQL).
+    # (Not covered: on PostgreSQL, a write whose events wait until another hub's earlier
+    # commit has been read reaches this hub's feeds when that catch-up ends, maybe after
+    # its reply.)
 
     def flush_pending(self) -> None:
         if self.feed_buffer:
