@@ -112,9 +112,9 @@ class FeedBeforeReplyTests(PersistCase):
 
 
 class NodeFeedOrderTests(unittest.TestCase):
-    """The same over a hub's WebSocket, with two npm socket.io-client connections
-    (tests/node/persist_order.js): after each save's reply, B may read what already reached
-    it (a few setImmediate turns, no timer) and must then have that save's update."""
+    """The same over a hub's WebSocket with npm socket.io-client (tests/node/persist_order.js):
+    a reader session and a writer session on one connection; each save's update must have
+    reached the reader when the save's reply is handled."""
 
     timeout = 60
 
