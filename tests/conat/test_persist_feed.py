@@ -110,6 +110,20 @@ class FeedBeforeReplyTests(PersistCase):
         self.assertEqual([e["seq"] for e in events if "seq" in e][-100:], [r["seq"] for r in results])
         self.assertLess(reader.sock.receiver.last - before, 20, "about one feed write per group commit")
 
+    async def test_a_burst_of_sets_on_a_memory_stream_reaches_a_feed_in_few_writes(self) -> None:
+        """The memory store commits a burst (sets that arrived in one reactor turn) as one
+        group while the stream has a changefeed, so it is not one feed write per set."""
+        writer, reader, events, wire = await self.setUp_feed()
+        await writer.set("first")
+        assert reader.sock is not None
+        before = reader.sock.receiver.last
+        start = len(wire)
+        results = await defer.gatherResults([writer.set(i) for i in range(100)])
+        self.assert_feed_first(wire, start)
+        await turn()
+        self.assertEqual([e["seq"] for e in events if "seq" in e][-100:], [r["seq"] for r in results])
+        self.assertLess(reader.sock.receiver.last - before, 5)
+
 
 class NodeFeedOrderTests(unittest.TestCase):
     """The same over a hub's WebSocket with npm socket.io-client (tests/node/persist_order.js):

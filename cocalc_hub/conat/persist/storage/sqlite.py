@@ -314,7 +314,7 @@ class SqliteBackend(OpenStreams, Backend):
             stream = await self._opening[path]
             return await self.open(path, ephemeral=ephemeral)
         if ephemeral:
-            return self._keep(memory_stream(path, True, self.clock, self._forget))
+            return self._keep(memory_stream(path, True, self.clock, self._forget, self.reactor))
         file = stream_file(self.root, path)
         d: Deferred[QueuedStream] = Deferred()
         self._opening[path] = d

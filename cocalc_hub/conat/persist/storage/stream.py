@@ -67,11 +67,15 @@ def _page(s: Session, *, after: int, end_seq: int | None, max_bytes: int) -> lis
 
 class QueuedStream(Stream):
     def __init__(self, path: str, ephemeral: bool, store: Store, runner: Runner,
-                 clock: Callable[[], float], on_close: Callable[[QueuedStream], None]) -> None:
+                 clock: Callable[[], float], on_close: Callable[[QueuedStream], None], *,
+                 feed_runner: Runner | None = None) -> None:
         self.path = path
         self.ephemeral = ephemeral
         self._store = store
         self._runner = runner
+        self._feed_runner = feed_runner
+        """Used instead of ``runner`` while a listener batches changes (has a flush): the
+        memory store's end-of-turn runner, so a burst of sets commits as one group."""
         self._clock = clock
         self._on_close = on_close
         self._queue: deque[_Op] = deque()
@@ -126,7 +130,7 @@ class QueuedStream(Stream):
                     self._store.vacuum()
                 return result
 
-        d = self._runner(job)
+        d = (self._feed_runner if self._feed_runner is not None and self._flushes else self._runner)(job)
         d.addCallbacks(lambda result: self._done(ops, result), lambda f: self._failed(ops, f))
 
     def _done(self, ops: list[_Op], result: Any) -> None:
