@@ -35,7 +35,7 @@ def turn() -> defer.Deferred[None]:
 
 
 class FeedBeforeReplyTests(PersistCase):
-    async def setUp_feed(self, backend: Any = None) -> tuple[PersistClient, PersistClient, list[dict[str, Any]],
+    async def open_pair(self, backend: Any = None) -> tuple[PersistClient, PersistClient, list[dict[str, Any]],
                                                             list[tuple[str, str]]]:
         """A writer and a changefeed reader on one stream; ``wire`` logs, in order, what the
         broker pushes to either connection: ("reader", subject) / ("writer", subject)."""
@@ -74,7 +74,7 @@ class FeedBeforeReplyTests(PersistCase):
         self.assertLess(feed[0], reply[0], f"the writer's reply was routed before the reader's update: {routed}")
 
     async def test_every_set_reaches_the_feed_before_its_reply(self) -> None:
-        writer, _, events, wire = await self.setUp_feed()
+        writer, _, events, wire = await self.open_pair()
         for i in range(1, 6):  # sequential: all but the first fall inside the throttle window
             start = len(wire)
             seq = (await writer.set(f"v{i}", key="k"))["seq"]
@@ -83,7 +83,7 @@ class FeedBeforeReplyTests(PersistCase):
             self.assertIn(seq, [e.get("seq") for e in events], f"set {i}: the reader does not have it")
 
     async def test_set_many_and_delete_reach_the_feed_before_their_reply(self) -> None:
-        writer, _, events, wire = await self.setUp_feed()
+        writer, _, events, wire = await self.open_pair()
         await writer.set("first")  # opens the throttle window
         start = len(wire)
         results = await writer.set_many([{"messageData": {"encoding": MSGPACK, "raw": encode(i)}} for i in range(3)])
@@ -101,7 +101,7 @@ class FeedBeforeReplyTests(PersistCase):
         to a feed in one write (the memory backend commits each set as it comes)."""
         backend = SqliteBackend(Path(self.mktemp()), reactor)
         self.addCleanup(lambda: defer.ensureDeferred(backend.close()))
-        writer, reader, events, _ = await self.setUp_feed(backend)
+        writer, reader, events, _ = await self.open_pair(backend)
         await writer.set("first")
         assert reader.sock is not None
         before = reader.sock.receiver.last
@@ -113,7 +113,7 @@ class FeedBeforeReplyTests(PersistCase):
     async def test_a_burst_of_sets_on_a_memory_stream_reaches_a_feed_in_few_writes(self) -> None:
         """The memory store commits a burst (sets that arrived in one reactor turn) as one
         group while the stream has a changefeed, so it is not one feed write per set."""
-        writer, reader, events, wire = await self.setUp_feed()
+        writer, reader, events, wire = await self.open_pair()
         await writer.set("first")
         assert reader.sock is not None
         before = reader.sock.receiver.last
