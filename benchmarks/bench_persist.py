@@ -1,6 +1,7 @@
 """Conat persist with the SQLite backend: write rate, getAll memory, kill -9 durability.
 
     .venv/bin/python benchmarks/bench_persist.py [--runs 3] [--seconds 5] [--messages 100000] [--cycles 20]
+        [--only writes|getall|kill] [--only-feed]
 
 Real processes throughout: ``twistd cocalc-hub`` (DATA in a temporary directory; SQLite
 stream files under DATA/sync, WAL with synchronous=FULL and group commit) and persist
@@ -12,7 +13,10 @@ Figures:
 * acknowledged writes/s into one stream: ``set`` requests with 256 or 512 in flight (each
   one a conat request answered after its transaction committed; the node client checks at
   the end that the stream holds every acknowledged write), and ``setMany`` of 500;
-  target >= 10 000/s;
+  target >= 10 000/s; and ``set`` while another process follows the stream's changefeed
+  (events/s it receives, and events per feed message: what batching is left now that every
+  change reaches the feeds before its writer's reply), on SQLite and on an ephemeral
+  (in-memory: no group commit) stream;
 * getAll of ``--messages`` 1 KB messages: time, and the hub's and the client's memory while
   it streams (both must stay far below the stream's size);
 * kill -9 loop: a broker process (``--conat-server``) and a persist process
@@ -50,9 +54,10 @@ NODE_MODULES = ROOT / "tests" / "node" / "node_modules" / "socket.io-client"
 TARGET_WRITES = 10_000
 
 
-def run_client(hub: Hub, *args: Any, timeout: float = 300) -> dict[str, Any]:
+def run_client(hub: Hub, *args: Any, timeout: float = 300, ephemeral: bool = False) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, CLIENT, str(args[0]), hub.url, hub.password, *map(str, args[1:])],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PERSIST_EPHEMERAL": "1" if ephemeral else "0"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"persist_client {args[0]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
@@ -80,6 +85,14 @@ def run_node(hub: Hub, path: str, seconds: float, inflight: int) -> dict[str, An
     return result
 
 
+def with_reader(hub: Hub, path: str, seconds: float, ephemeral: bool = False) -> dict[str, Any]:
+    """One writer (256 in flight) while another process follows the stream's changefeed."""
+    with ThreadPoolExecutor(2) as pool:
+        reader = pool.submit(run_client, hub, "feed", path, seconds, ephemeral=ephemeral)
+        writer = pool.submit(run_client, hub, "write", path, seconds, 256, ephemeral=ephemeral)
+        return {"rate": writer.result()["rate"], "feed": reader.result()}
+
+
 def writes(args: argparse.Namespace) -> None:
     print(f"## acknowledged writes into one stream (SQLite, synchronous=FULL); target >= {TARGET_WRITES}/s")
     print("   node: a persist client on npm socket.io-client (benchmarks/node/bench_persist.js), as")
@@ -100,6 +113,11 @@ def writes(args: argparse.Namespace) -> None:
                           lambda path, n=n: {"rate": parallel(hub, n, "write", path, args.seconds, 256 // n)}))
         cases.append(("setMany of 500, 1 python client",
                       lambda path: {"rate": parallel(hub, 1, "setmany", path, args.seconds, 500)}))
+        cases.append(("set, 1 python x 256 + changefeed reader", lambda path: with_reader(hub, path, args.seconds)))
+        cases.append(("  the same, ephemeral (memory) stream",
+                      lambda path: with_reader(hub, path, args.seconds, ephemeral=True)))
+        if args.only_feed:
+            cases = cases[-2:]
         for i, (label, run_case) in enumerate(cases):
             results = [run_case(f"hub/bench/w{i}-{run}") for run in range(args.runs)]
             rates = [r["rate"] for r in results]
@@ -108,6 +126,9 @@ def writes(args: argparse.Namespace) -> None:
             if "hub_cpu" in results[0]:
                 cpu = (f"   hub CPU {statistics.median(r['hub_cpu'] for r in results):.2f} cores, client "
                        f"{statistics.median(r['client_cpu'] for r in results):.2f}")
+            if "feed" in results[0]:
+                cpu = (f"   reader: {statistics.median(r['feed']['rate'] for r in results):.0f} events/s, "
+                       f"{statistics.median(r['feed']['per_message'] for r in results):.1f} per feed message")
             print(f"{label:38s} {med:9.0f} writes/s   runs: {', '.join(f'{r:.0f}' for r in rates)}   "
                   f"{'ok' if med >= TARGET_WRITES else 'below target'}{cpu}")
     finally:
@@ -226,6 +247,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--only", choices=["writes", "getall", "kill"])
+    parser.add_argument("--only-feed", action="store_true", help="of the writes, only the changefeed cases")
     args = parser.parse_args()
     print(f"# conat persist: twistd cocalc-hub on 127.0.0.1, {os.cpu_count()} cores; {args.runs} runs per figure")
     if args.only in (None, "writes"):

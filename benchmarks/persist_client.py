@@ -5,6 +5,9 @@
     python persist_client.py fill    <url> <hub password> <path> <count> <size>
     python persist_client.py getall  <url> <hub password> <path>
     python persist_client.py durable <url> <hub password> <path> <ack log>
+    python persist_client.py feed    <url> <hub password> <path> <seconds>
+
+With PERSIST_EPHEMERAL=1 in the environment the stream is opened ephemeral (in memory).
 
 Prints one JSON line (``durable`` runs until SIGTERM and logs "value seq" per acknowledged
 write, flushed before the next is counted).
@@ -13,6 +16,7 @@ write, flushed before the next is counted).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import sys
@@ -28,17 +32,19 @@ from cocalc_hub.conat.persist.client import PersistClient
 WARMUP = 1.0
 
 
-async def open_stream(reactor: Any, url: str, password: str, path: str) -> tuple[Client, PersistClient]:
+async def open_stream(reactor: Any, url: str, password: str, path: str,
+                      changefeed: bool = False) -> tuple[Client, PersistClient]:
     client = connect(reactor, url, cookies={"hub_password": password}, inbox_prefix="_INBOX.hub-hub")
     await client.signed_in()
-    p = PersistClient(client, path, timeout=10.0)
+    ephemeral = os.environ.get("PERSIST_EPHEMERAL") == "1"
+    p = PersistClient(client, path, timeout=10.0, changefeed=changefeed, ephemeral=ephemeral)
     for _ in range(100):
         try:
             await p.connect()
             return client, p
         except ConatError:  # the persist server may still be starting
             p.close()
-            p = PersistClient(client, path, timeout=10.0)
+            p = PersistClient(client, path, timeout=10.0, changefeed=changefeed, ephemeral=ephemeral)
             await task.deferLater(reactor, 0.2, lambda: None)
     raise SystemExit("could not open the stream")
 
@@ -140,9 +146,27 @@ async def durable(reactor: Any, p: PersistClient, log_path: str) -> dict[str, An
     return {"retries": retries}
 
 
+async def feed(reactor: Any, p: PersistClient, seconds: float) -> dict[str, Any]:
+    """A changefeed reader: events and feed messages per second while another client writes."""
+    events = 0
+
+    def got(batch: list[dict[str, Any]]) -> None:
+        nonlocal events
+        events += len(batch)
+
+    p.on_events = got
+    await task.deferLater(reactor, WARMUP, lambda: None)
+    assert p.sock is not None
+    e0, m0, t0 = events, p.sock.receiver.last, time.perf_counter()
+    await task.deferLater(reactor, seconds, lambda: None)
+    e1, m1, t1 = events, p.sock.receiver.last, time.perf_counter()
+    return {"events": e1 - e0, "messages": m1 - m0, "rate": (e1 - e0) / (t1 - t0),
+            "per_message": (e1 - e0) / max(m1 - m0, 1)}
+
+
 async def main(reactor: Any) -> None:
     mode, url, password, path, *rest = sys.argv[1:]
-    client, p = await open_stream(reactor, url, password, path)
+    client, p = await open_stream(reactor, url, password, path, changefeed=mode == "feed")
     if mode == "write":
         result = await write(reactor, p, float(rest[0]), int(rest[1]))
     elif mode == "setmany":
@@ -153,6 +177,8 @@ async def main(reactor: Any) -> None:
         result = await get_all(p)
     elif mode == "durable":
         result = await durable(reactor, p, rest[0])
+    elif mode == "feed":
+        result = await feed(reactor, p, float(rest[0]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result), flush=True)

@@ -49,6 +49,10 @@ class Options(usage.Options):
         ["conat-max-connections", None, None, "Conat connections this broker accepts (default 10000)."],
         ["conat-max-connections-per-user", None, None, "Conat connections per account, project or hub "
                                                        "(default 100)."],
+        ["conat-max-subscriptions-per-client", None, None, "Conat subscriptions one client connection may hold "
+                                                           "(default 500; more are refused with 429)."],
+        ["conat-max-subscriptions-per-hub", None, None, "Conat subscriptions one hub connection (a hub's own "
+                                                        "services, signed in as the hub) may hold (default 15000)."],
         ["conat-allowed-origins", None, None, "Origins (https://host[:port], comma-separated) besides the hub's "
                                               "own whose pages may open a conat WebSocket with a browser's "
                                               "session cookie. Env: COCALC_CONAT_ALLOWED_ORIGINS."],

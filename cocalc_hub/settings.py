@@ -81,6 +81,8 @@ class Settings:
     """Address of the conat broker when this process does not run it (CONAT_SERVER)."""
     conat_max_connections: int = 10000
     conat_max_connections_per_user: int = 100
+    conat_max_subscriptions_per_client: int = 500
+    conat_max_subscriptions_per_hub: int = 15000
     conat_allowed_origins: frozenset[str] = frozenset()
     """Origins besides the hub's own whose pages may open a conat WebSocket with a browser's
     session cookie (normalised ``scheme://host[:port]``)."""
@@ -518,6 +520,8 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         conat_server=conat_server,
         conat_max_connections=_count(options, "conat-max-connections", 10000, 1, 10 ** 6),
         conat_max_connections_per_user=_count(options, "conat-max-connections-per-user", 100, 1, 10 ** 6),
+        conat_max_subscriptions_per_client=_count(options, "conat-max-subscriptions-per-client", 500, 1, 10 ** 7),
+        conat_max_subscriptions_per_hub=_count(options, "conat-max-subscriptions-per-hub", 15000, 1, 10 ** 7),
         conat_allowed_origins=allowed_origins_setting(options, env),
         persist_storage=persist_storage,
         persist_database=persist_database,

@@ -321,7 +321,9 @@ def build_conat(settings: Settings, hub: HubService, reactor: Any) -> ConatServe
     """The conat broker, signing clients in through the hub's authenticator."""
     assert hub.auth is not None and hub.projects is not None
     config = BrokerConfig(max_connections=settings.conat_max_connections,
-                          max_connections_per_user=settings.conat_max_connections_per_user)
+                          max_connections_per_user=settings.conat_max_connections_per_user,
+                          max_subscriptions_per_client=settings.conat_max_subscriptions_per_client,
+                          max_subscriptions_per_hub=settings.conat_max_subscriptions_per_hub)
     server = ConatServer(reactor, auth=hub.auth.auth, names=hub.auth.names, store=hub.store, config=config,
                          trust_proxy=settings.trust_proxy, origins=origin_policy(settings))
     hub.projects.listeners.append(server.project_changed)

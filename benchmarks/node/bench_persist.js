@@ -10,79 +10,12 @@
 // an error header (the persist server answers after the transaction committed).
 
 const path = require("path");
-const { connect, subscribe, listen, randomId, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
+const { connect, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
+const { json, parse, openStream } = require(path.join(__dirname, "..", "..", "tests", "node", "persist.js"));
 const { measure } = require(path.join(__dirname, "cpu.js"));
 
-const JSON_ENCODING = 1;
 const PAYLOAD = Buffer.from(JSON.stringify("x".repeat(98))); // 100 bytes
 const WARMUP_MS = 1000;
-const TIMEOUT_MS = 30000;
-
-// Requests over one connection: one inbox subscription, replies matched by subject.
-function requester(conn) {
-  const inbox = `_INBOX.hub-hub.${randomId()}`;
-  const waiting = new Map();
-  let n = 0;
-  listen(conn, `${inbox}.*`, (m) => {
-    const w = waiting.get(m.subject);
-    if (w) {
-      waiting.delete(m.subject);
-      clearTimeout(w.timer);
-      w.resolve(m);
-    }
-  });
-  const request = (subject, raw, headers) =>
-    new Promise((resolve, reject) => {
-      const reply = `${inbox}.${n++}`;
-      const timer = setTimeout(() => {
-        waiting.delete(reply);
-        reject(new Error(`timeout: ${subject} ${JSON.stringify(headers)}`));
-      }, TIMEOUT_MS);
-      waiting.set(reply, { resolve, timer });
-      const chunk = [subject, randomId(), 0, 1, JSON_ENCODING, raw, { ...headers, "CN-Reply": reply }];
-      conn.sock.emit("publish", chunk, (ack) => {
-        if (!ack || ack.error || !ack.count) {
-          waiting.delete(reply);
-          clearTimeout(timer);
-          reject(new Error(`publish to ${subject}: ${JSON.stringify(ack)}`));
-        }
-      });
-    });
-  return { inbox, request, ready: subscribe(conn, `${inbox}.*`) };
-}
-
-const json = (value) => Buffer.from(JSON.stringify(value));
-const parse = (m) => {
-  if (m.encoding !== JSON_ENCODING) throw new Error(`expected a JSON reply, got encoding ${m.encoding}`);
-  return m.raw.length ? JSON.parse(m.raw.toString()) : null;
-};
-
-// A persist session (§6.4): ask the load balancer for a server, connect a conat socket to
-// it, send the storage spec as the first data message, wait until the stream is open.
-async function openStream(conn, streamPath) {
-  const { request, ready } = requester(conn);
-  await ready;
-  const service = "persist.hub";
-  const serverId = parse(await request(`${service}.id`, json(null), {}));
-  const clientId = randomId();
-  const local = `${service}.client.${clientId}`;
-  const peer = `${service}.server.${serverId}.${clientId}`;
-  // the server's socket end asks us things (acks of its data, keepalive pings): answer them
-  listen(conn, local, (m) => {
-    const h = m.headers || {};
-    if (!h["CN-Reply"] || !h["CN-SocketCmd"]) return;
-    // (their bodies are MessagePack; the server does not read what an ack or pong says)
-    conn.sock.emit("publish", [h["CN-Reply"], randomId(), 0, 1, JSON_ENCODING, json(null)]);
-  });
-  await subscribe(conn, local);
-  const connected = parse(await request(peer, json(null), { "CN-SocketCmd": "connect", id: clientId }));
-  if (connected !== "connected") throw new Error(`connect: ${JSON.stringify(connected)}`);
-  conn.sock.emit("publish", [peer, randomId(), 0, 1, JSON_ENCODING, json({ storage: { path: streamPath }, changefeed: false }),
-    { "CN-SocketSeq": 1 }]);
-  const inventory = await request(peer, json(null), { cmd: "inventory" });
-  if (inventory.headers && inventory.headers.error) throw new Error(`open: ${inventory.headers.error}`);
-  return (raw, headers) => request(peer, raw, headers);
-}
 
 async function write(url, cookie, streamPath, seconds, inflight) {
   const conn = await connect(url, { cookie });

@@ -160,19 +160,34 @@ class Session:
         if self.feed or self.stream is None:
             return
         self.feed = True
-        self.stream.add_listener(self.changed)
+        self.stream.add_listener(self.changed, flush=self.flush_pending)
 
     # the changefeed: ordered, acknowledged writes, batched over 30 ms ---------------------------
+    # ... except that a change reaches every changefeed no later than its writer's reply (as
+    # upstream; applications rely on "once my save returned, everyone has it"): the stream
+    # calls flush_pending after giving a write's events to its listeners and before answering
+    # the writer. What still batches: the sets committed together (one transaction, one feed
+    # write) and changes that no writer here waits for (other hubs' writes, via PostgreSQL).
+    # (Not covered: on PostgreSQL, a write whose events wait until another hub's earlier
+    # commit has been read reaches this hub's feeds when that catch-up ends, maybe after
+    # its reply.)
+
+    def flush_pending(self) -> None:
+        if self.feed_buffer:
+            if self.feed_timer is not None and self.feed_timer.active():
+                self.feed_timer.cancel()
+            self.flush_feed()
 
     def changed(self, events: list[dict[str, Any]]) -> None:
         self.feed_buffer.extend(events)
         if self.feed_timer is not None:
             return
         now = self.server.reactor.seconds()
-        if now - self.feed_last >= CHANGEFEED_THROTTLE:
+        throttle = self.server.changefeed_throttle
+        if now - self.feed_last >= throttle:
             self.flush_feed()  # leading edge
         else:
-            self.feed_timer = self.server.reactor.callLater(CHANGEFEED_THROTTLE - (now - self.feed_last),
+            self.feed_timer = self.server.reactor.callLater(throttle - (now - self.feed_last),
                                                             self.flush_feed)
 
     def flush_feed(self) -> None:
@@ -317,6 +332,16 @@ def _int(value: Any) -> int | None:
     return value
 
 
+def _ttl(value: Any) -> int | None:
+    """A message's ttl in ms: any number (stored whatever the stream's config, see common.py)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+            or value in (float("inf"), float("-inf")):
+        raise ConatError(f"ttl must be a number of ms, not {value!r}", 400)
+    return int(value)
+
+
 def _error_headers(error: ConatError) -> dict[str, Any]:
     out: dict[str, Any] = {"error": str(error)}
     if error.code is not None:
@@ -337,7 +362,7 @@ def _set_request(raw: Any, encoding: Any, headers: Any, params: dict[str, Any]) 
     msg_id = params.get("msgID")
     if msg_id is not None and not isinstance(msg_id, str):
         raise ConatError("msgID must be a string", 400)
-    return SetRequest(raw=raw, encoding=encoding, headers=headers, key=key, ttl=_int(params.get("ttl")),
+    return SetRequest(raw=raw, encoding=encoding, headers=headers, key=key, ttl=_ttl(params.get("ttl")),
                       previous_seq=_int(params.get("previousSeq")), msg_id=msg_id)
 
 
@@ -418,7 +443,8 @@ class PersistServer:
 
     def __init__(self, client: Client, backend: Backend, *, server_id: str = "0",
                  ids: list[str] | None = None, service: str = "persist", balancer: bool = True,
-                 max_per_user: int = MAX_PER_USER, max_global: int = MAX_GLOBAL) -> None:
+                 max_per_user: int = MAX_PER_USER, max_global: int = MAX_GLOBAL,
+                 changefeed_throttle: float = CHANGEFEED_THROTTLE) -> None:
         self.client = client
         self.reactor = client.reactor
         self.id = server_id
@@ -429,6 +455,7 @@ class PersistServer:
         self.balancer = balancer
         self.max_per_user = max_per_user
         self.max_global = max_global
+        self.changefeed_throttle = changefeed_throttle
         self.backend = backend
         self.sessions: set[Session] = set()
         self.per_user: dict[str, int] = {}

@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend, stream_file
 from tests.conat.persist.support import START, fake_clock, make_sqlite, req
 from tests.support import REPO
 
@@ -176,3 +176,56 @@ class SqliteTests(unittest.TestCase):
         s = await backend.open("hub/durable")
         stored = {m.seq for batch in [b async for b in s.get_all()] for m in batch}
         self.assertEqual(sorted(set(acked) - stored)[:5], [], f"{len(stored)} stored, {len(acked)} acked")
+
+
+class FileNameTests(unittest.TestCase):
+    """Stream paths are encoded into file names, never used as file system paths."""
+
+    def test_names_of_already_safe_paths_are_kept(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        for path in ("projects/p/sub/dir/stream", "hub/sp ace/é☃𝄞", "hub/colon:star*q?", "hub/x.db-wal"):
+            self.assertEqual(stream_file(root, path), root.joinpath(*path.split("/")[:-1], path.split("/")[-1] + ".db"))
+
+    def test_odd_characters_are_percent_encoded(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        cases = {"hub/back\\slash": "hub/back%5Cslash.db", "hub/per%cent": "hub/per%25cent.db",
+                 "hub/per%25cent": "hub/per%2525cent.db", "hub/..\\..\\x": "hub/..%5C..%5Cx.db",
+                 "hub/nl\nnul\x7f": "hub/nl%0Anul%7F.db", "hub/a.db/x": "hub/a%2Edb/x.db",
+                 "hub/\ud800": "hub/%ED%A0%80.db"}
+        for path, name in cases.items():
+            self.assertEqual(stream_file(root, path), root / name, repr(path))
+
+    def test_hostile_paths_are_refused_or_stay_inside_the_root(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        root = base / "root"
+        for path in ("..", "../x", "a/../../x", "/etc/passwd", "a//b", "a/", ".", "a/./b", "", "a\x00b", "hub/\x00"):
+            with self.assertRaises(ConatError) as e:
+                stream_file(root, path)
+            self.assertEqual(e.exception.code, 403, repr(path))
+        with self.assertRaises(ConatError) as e:
+            stream_file(root, "/".join(["d" * 200] * 30))
+        self.assertEqual(e.exception.code, 400)
+        self.assertIn("too long", str(e.exception))
+        long_a, long_b = "hub/" + "L" * 1000, "hub/" + "L" * 999 + "M"
+        files = {stream_file(root, p) for p in (long_a, long_b, "hub/" + "é" * 300, "hub/" + "\\" * 300)}
+        self.assertEqual(len(files), 4)
+        for f in files:
+            self.assertLessEqual(len(f.name.encode()), 255)
+            self.assertTrue(f.name.endswith(".db") and "%~" in f.name)
+            self.assertEqual(f.parent, root / "hub")
+
+    async def test_opened_odd_paths_write_only_inside_the_root(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        root = base / "root"
+        backend = SqliteBackend(root, reactor)
+        self.addCleanup(backend.close)
+        paths = ["hub/..\\..\\escape", "..\\..\\escape", "hub/a\\..\\..\\..\\b", "hub/" + "\\.." * 300, "hub/%2F"]
+        for path in paths:
+            s = await backend.open(path)
+            await s.set(req(path.encode()))
+        await backend.close()
+        self.assertEqual(os.listdir(base), ["root"])
+        written = [Path(d, f) for d, _, fs in os.walk(root) for f in fs]
+        self.assertEqual(len([f for f in written if f.suffix == ".db"]), len(paths))
+        for f in written:
+            self.assertTrue(f.resolve().is_relative_to(root))

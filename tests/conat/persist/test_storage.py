@@ -145,7 +145,6 @@ class StorageTests:
 
     async def test_ttl(self) -> None:
         t = self.case()
-        await self.rejects(self.stream.set(req(ttl=1000)), "reject", "allow_msg_ttl")
         await self.stream.config({"allow_msg_ttl": True})
         await self.stream.set(req(b"short", ttl=1000))
         await self.stream.set(req(b"long", ttl=10_000))
@@ -157,6 +156,63 @@ class StorageTests:
         m = await self.stream.get(seq=2)
         assert m is not None
         t.assertEqual(m.ttl, 10_000)
+
+    async def test_a_ttl_is_stored_without_allow_msg_ttl_and_honoured_once_allowed(self) -> None:
+        t = self.case()
+        self.assert_set(await self.stream.set(req(b"a", ttl=1000)), 1)
+        self.assert_set(await self.stream.set(req(b"b", ttl=1500.0)), 2)  # a float, as JavaScript sends
+        self.assert_set(await self.stream.set(req(b"c", ttl=-5)), 3)  # stored; never expires (ttl <= 0)
+        m = await self.stream.get(seq=1)
+        assert m is not None
+        t.assertEqual(m.ttl, 1000)
+        self.clock.advance(10)
+        await self.stream.set(req(b"d"))
+        t.assertEqual(await self.all_seqs(), [1, 2, 3, 4], "not expired while allow_msg_ttl is false")
+        await self.stream.config({"allow_msg_ttl": True})
+        t.assertEqual(await self.all_seqs(), [3, 4])
+        t.assertIn({"op": "delete", "seqs": [1, 2]}, self.events)
+
+    def assert_set(self, result: dict[str, Any], seq: int) -> None:
+        self.case().assertEqual(result["seq"], seq)
+
+    async def test_any_integer_limit_is_accepted_and_below_the_bound_means_none(self) -> None:
+        t = self.case()
+        full = await self.stream.config({"max_age": -1, "max_msgs": -7, "max_bytes": -2, "max_msg_size": -100,
+                                         "max_bytes_per_second": -3, "max_msgs_per_second": -9})
+        t.assertEqual((full["max_age"], full["max_msgs"], full["max_msg_size"]), (-1, -7, -100))
+        for _ in range(5):
+            await self.stream.set(req(b"x" * 100))
+            self.clock.advance(100)
+        t.assertEqual(await self.all_seqs(), [1, 2, 3, 4, 5])
+        t.assertEqual((await self.stream.inventory())["limits"]["max_age"], -1)
+        t.assertEqual((await self.stream.config({"max_age": 0}))["max_age"], 0)
+        t.assertEqual((await self.stream.config({"max_age": 2.0e5}))["max_age"], 200_000)
+
+    async def test_odd_characters_in_paths(self) -> None:
+        t = self.case()
+        paths = ["hub/back\\slash", "hub/a\\..\\..\\x", "hub/..\\..\\etc", "hub/colon:star*q?", "hub/per%cent",
+                 "hub/per%25cent", "hub/sp ace/é☃𝄞", "hub/tab\tnl\n", "hub/a.db/x", "hub/a", "hub/" + "L" * 1000,
+                 "hub/" + "L" * 999 + "M"]
+        for i, path in enumerate(paths):
+            s = await self.backend.open(path)
+            seen: list[dict[str, Any]] = []
+            s.add_listener(seen.extend)
+            await s.set(req(path.encode(), key=f"k{i}"))
+            t.assertEqual([e.get("key") for e in seen], [f"k{i}"], path)
+        for i, path in enumerate(paths):  # every path its own stream
+            s = await self.backend.open(path)
+            m = await s.get(key=f"k{i}")
+            t.assertEqual(m.raw if m else None, path.encode(), path)
+            t.assertEqual([m.raw for m in (await self.all_messages(s))], [path.encode()], path)
+        if self.persistent:
+            await self.backend.close()
+            self.backend = await self.new_backend()
+            for i, path in enumerate(paths):
+                s = await self.backend.open(path)
+                t.assertEqual(await s.keys(), [f"k{i}"], path)
+
+    async def all_messages(self, s: Stream) -> list[StoredMessage]:
+        return [m for batch in [b async for b in s.get_all()] for m in batch]
 
     async def test_max_age(self) -> None:
         t = self.case()
@@ -269,7 +325,7 @@ class StorageTests:
         t.assertEqual(full, {**DEFAULTS, "max_msgs": 5, "allow_msg_ttl": True, "desc": [1, "a"]})
         t.assertEqual(await self.stream.config(), full)
         for bad, text in [({"max_msgs": "x"}, "max_msgs must be an integer"), ({"max_bytes": 1.5}, "integer"),
-                          ({"max_msgs": -2}, "max_msgs must be >= -1"), ({"max_age": -1}, "max_age must be >= 0"),
+                          ({"max_age": "-1"}, "max_age must be an integer"), ({"max_age": float("nan")}, "integer"),
                           ({"discard_policy": "drop"}, "discard_policy"), ({"allow_msg_ttl": 1}, "true or false"),
                           ({"max_msgs": True}, "integer"), ("nope", "config must be an object")]:
             await self.rejects(self.stream.config(bad), None, text)  # type: ignore[arg-type]
@@ -288,7 +344,8 @@ class StorageTests:
         for coro, text in [(self.stream.set(req("text")), "raw must be bytes"),  # type: ignore[arg-type]
                            (self.stream.set(req(encoding=-1)), "encoding"),
                            (self.stream.set(req(previous_seq=-3, key="k")), "previousSeq"),
-                           (self.stream.set(req(ttl=-5)), "ttl"),
+                           (self.stream.set(req(ttl="5")), "ttl must be a number"),  # type: ignore[arg-type]
+                           (self.stream.set(req(ttl=float("nan"))), "ttl must be a number"),
                            (self.stream.set(req(headers={"x": object()})), "JSON"),
                            (self.stream.get(seq=-1), "seq must be a non-negative integer"),
                            (self.stream.get(), "give seq or key"),

@@ -94,8 +94,11 @@ class Stream(ABC):
         """All keys in the stream."""
 
     @abstractmethod
-    def add_listener(self, fn: Listener) -> None:
-        """Call ``fn`` with the events of every later committed change."""
+    def add_listener(self, fn: Listener, *, flush: Callable[[], None] | None = None) -> None:
+        """Call ``fn`` with the events of every later committed change. ``flush``, if given,
+        is called once a change's events were given to every listener and before the writer
+        of that change is answered: a listener that holds events back to batch them sends
+        them then, so everyone has a change no later than its writer's reply."""
 
     @abstractmethod
     def remove_listener(self, fn: Listener) -> None:

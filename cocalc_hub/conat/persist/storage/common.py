@@ -66,16 +66,13 @@ class Session(Protocol):
 
 
 def _int_value(field: str, value: Any) -> int:
+    """Any integer, as upstream takes it: the limits compare with ``> -1`` (``max_age``:
+    ``> 0``), so every smaller value means "no limit" (``max_age: -1`` included)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise ConatError(f"config: {field} must be an integer, not {value!r}")
     if isinstance(value, float) and not value.is_integer():
         raise ConatError(f"config: {field} must be an integer, not {value!r}")
-    n = int(value)
-    low = 0 if field == "max_age" else -1
-    if n < low:
-        raise ConatError(f"config: {field} must be >= {low} ({'0 = unlimited' if low == 0 else '-1 = unlimited'}),"
-                         f" not {n}")
-    return n
+    return int(value)
 
 
 def validate_partial(partial: Any) -> dict[str, Any]:
@@ -211,8 +208,9 @@ def validate_request(req: SetRequest) -> None:
             json.dumps(req.headers)
         except (TypeError, ValueError) as e:
             raise ConatError(f"headers must be JSON-serializable: {e}") from None
-    if req.ttl is not None and (isinstance(req.ttl, bool) or not isinstance(req.ttl, int | float) or req.ttl < 0):
-        raise ConatError(f"ttl must be a non-negative number of ms, not {req.ttl!r}")
+    if req.ttl is not None and (isinstance(req.ttl, bool) or not isinstance(req.ttl, int | float)
+                                or req.ttl != req.ttl or req.ttl in (float("inf"), float("-inf"))):
+        raise ConatError(f"ttl must be a number of ms, not {req.ttl!r}")
     if req.previous_seq is not None:
         check_seq("previousSeq", req.previous_seq)
     if req.msg_id is not None and not isinstance(req.msg_id, str):
@@ -286,8 +284,6 @@ def enforce_limits(s: Session, cfg: Config, now_ms: float, incoming: int | None)
 def apply_set(s: Session, cfg: Config, req: SetRequest, now_ms: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Store one validated message; returns ({seq, time}, events). May write before raising,
     so callers run it inside a savepoint when ``needs_savepoint``."""
-    if req.ttl is not None and not cfg.allow_msg_ttl:
-        raise _reject("message ttl is not allowed on this stream (set allow_msg_ttl in its config)")
     current = s.seq_of_key(req.key) if req.key is not None else None
     if req.key is not None and req.previous_seq is not None and current != req.previous_seq:
         raise ConatError("wrong last sequence", "wrong-last-sequence")
@@ -304,6 +300,9 @@ def apply_set(s: Session, cfg: Config, req: SetRequest, now_ms: float) -> tuple[
     if current is not None:
         s.delete_seqs([current])  # at most one row per key; no event (clients replace by key)
     deleted = enforce_limits(s, cfg, now_ms, size)
+    # A message's ttl is stored whatever the config (as upstream), and honoured only while the
+    # stream's allow_msg_ttl is true: enforce_limits deletes expired rows (ttl > 0) only then,
+    # so turning allow_msg_ttl on later expires the messages stored with a ttl before.
     ttl = None if req.ttl is None else int(req.ttl)
     seq = s.insert(key=req.key, time_ms=now_ms, headers=hdrs, encoding=req.encoding, raw=raw, size=size, ttl=ttl)
     event: dict[str, Any] = {"seq": seq, "time": now_ms}

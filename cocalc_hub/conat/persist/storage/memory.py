@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
 from cocalc_hub.conat.persist.storage.common import Session
-from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Runner, Store
 
 T = TypeVar("T")
 
@@ -143,7 +143,7 @@ class MemoryStore(Store, Session):
         return self._delete_where(lambda r: r.time_ms < time_ms)
 
     def delete_expired(self, now_ms: float) -> list[int]:
-        return self._delete_where(lambda r: bool(r.ttl) and r.time_ms + (r.ttl or 0) < now_ms)
+        return self._delete_where(lambda r: (r.ttl or 0) > 0 and r.time_ms + (r.ttl or 0) < now_ms)
 
     def delete_upto(self, last_seq: int | None) -> list[int]:
         return self._delete_where(lambda r: last_seq is None or r.seq <= last_seq)
@@ -197,9 +197,25 @@ def inline(fn: Callable[[], Any]) -> Deferred[Any]:
 
 
 def memory_stream(path: str, ephemeral: bool, clock: Callable[[], float],
-                  on_close: Callable[[QueuedStream], None]) -> QueuedStream:
-    """A stream held in memory (also what the other backends use for ephemeral streams)."""
-    return QueuedStream(path, ephemeral, MemoryStore(), inline, clock, on_close)
+                  on_close: Callable[[QueuedStream], None], reactor: Any = None) -> QueuedStream:
+    """A stream held in memory (also what the other backends use for ephemeral streams).
+
+    Operations run inline, except while the stream has a changefeed that batches (a listener
+    with a flush) and ``reactor`` is given: then each runs at the end of the reactor turn, so
+    the sets of one burst (a client's pipelined writes arrive in one read) commit as one
+    group and reach each changefeed in one message rather than one each; every change must
+    reach the changefeeds before its writer's answer, so without this no batching is left."""
+    turn_end = None if reactor is None else _at_turn_end(reactor)
+    return QueuedStream(path, ephemeral, MemoryStore(), inline, clock, on_close, feed_runner=turn_end)
+
+
+def _at_turn_end(reactor: Any) -> Runner:
+    def run(fn: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        reactor.callLater(0, lambda: maybeDeferred(fn).chainDeferred(d))
+        return d
+
+    return run
 
 
 class MemoryBackend(OpenStreams, Backend):
@@ -213,7 +229,8 @@ class MemoryBackend(OpenStreams, Backend):
         self.clock: Callable[[], float] = clock or reactor.seconds
 
     async def open(self, path: str, *, ephemeral: bool = False) -> Stream:
-        return self._shared(path) or self._keep(memory_stream(path, ephemeral, self.clock, self._forget))
+        return self._shared(path) or self._keep(memory_stream(path, ephemeral, self.clock, self._forget,
+                                                              self.reactor))
 
     async def close(self) -> None:
         await self._shutdown_streams()

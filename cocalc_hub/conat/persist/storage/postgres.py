@@ -517,7 +517,7 @@ class PostgresBackend(OpenStreams, Backend):
         if stream is not None:
             return stream
         if ephemeral:
-            return self._keep(memory_stream(path, True, self.clock, self._forget))
+            return self._keep(memory_stream(path, True, self.clock, self._forget, self.reactor))
         if not path or "\0" in path:
             raise ConatError(f"invalid storage path {path!r}", 403)
         await self._schema_lock.run(self._ensure_tables)

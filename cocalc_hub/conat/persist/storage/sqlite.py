@@ -7,6 +7,7 @@ commits waiting sets together (group commit). A corrupt file is moved aside, nev
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -220,14 +221,72 @@ def open_checked(file: Path) -> sqlite3.Connection:
         return _connect(file)
 
 
+MAX_NAME_BYTES = 255
+"""A file name's limit on the file systems streams live on (ext4, xfs, btrfs, APFS)."""
+MAX_FILE_BYTES = 4000
+"""Encoded root + path + '.db' at most this many bytes (PATH_MAX is 4096 on Linux)."""
+_LONG_PREFIX_BYTES = 160
+
+
+def _unsafe(ch: str) -> bool:
+    """Characters a file name never holds as they are: the escape itself, the backslash (a
+    separator elsewhere), control characters and lone surrogates (not UTF-8)."""
+    return ch in "%\\" or ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff"
+
+
+def _tokens(segment: str) -> list[str]:
+    return ["".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")) if _unsafe(ch) else ch
+            for ch in segment]
+
+
+def encode_segment(segment: str, last: bool) -> str:
+    """One path segment as a file (``last``) or directory name.
+
+    Percent-encoding of the characters of :func:`_unsafe` only, so the names of paths made
+    of other characters (all paths that worked before) are the paths themselves, as
+    upstream names its files, and existing streams stay where they are; ``%`` is always
+    encoded, so different paths never share a name. A directory's name never contains
+    ``.db`` (its ``.`` is encoded there), so no directory can take the name of a stream's
+    file or its ``-wal``/``-shm`` companions (path ``a`` is ``a.db``, path ``a.db/x`` is in
+    ``a%2Edb/``). A name too long for the file system keeps a readable prefix and ends in
+    ``%~`` plus a SHA-256 of the segment (``%~`` is nothing the encoding produces)."""
+    tokens = _tokens(segment)
+    if not last:
+        text = "".join(tokens)
+        while ".db" in text:  # rare: encode the dot of every ".db"
+            i = text.index(".db")
+            text = text[:i] + "%2E" + text[i + 1:]
+        tokens = [text]
+    name = "".join(tokens) + (".db" if last else "")
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    prefix: list[str] = []
+    size = 0
+    for token in _tokens(segment):  # whole tokens: never half of an escape or of a character
+        size += len(token.encode("utf-8"))
+        if size > _LONG_PREFIX_BYTES:
+            break
+        prefix.append(token)
+    digest = hashlib.sha256(segment.encode("utf-8", "surrogatepass")).hexdigest()
+    short = "".join(prefix).replace(".db", "%2Edb") + "%~" + digest
+    return short + (".db" if last else "")
+
+
 def stream_file(root: Path, path: str) -> Path:
-    """``root/<path>.db``, refusing anything that would leave ``root``."""
+    """Where the stream at ``path`` lives: ``root/<path>.db`` with every segment encoded by
+    :func:`encode_segment`, so a path is never used as a file system path: whatever its
+    characters, the file is inside ``root`` and belongs to that path alone. Empty, ``.``
+    and ``..`` segments (and NUL, which PostgreSQL cannot store either) are refused."""
     parts = path.split("/")
-    if (not path or "\0" in path or "\\" in path or path.startswith("/")
-            or any(p in ("", ".", "..") for p in parts)):
-        raise ConatError(f"invalid storage path {path!r}", 403)
-    file = (root / (path + ".db")).resolve()
-    if not file.is_relative_to(root.resolve()):
+    if not path or "\0" in path or any(p in ("", ".", "..") for p in parts):
+        raise ConatError(f"invalid storage path {path!r}: empty, '.' or '..' segments, a leading or trailing "
+                         "'/' or NUL", 403)
+    names = [encode_segment(p, i == len(parts) - 1) for i, p in enumerate(parts)]
+    file = root.resolve().joinpath(*names)
+    if len(str(file).encode("utf-8")) > MAX_FILE_BYTES:
+        raise ConatError(f"storage path of {len(path)} characters is too long for a file name here "
+                         f"(more than {MAX_FILE_BYTES} bytes once encoded)", 400)
+    if not file.resolve().is_relative_to(root.resolve()):  # (a symlink inside root)
         raise ConatError(f"invalid storage path {path!r}: outside the storage root", 403)
     return file
 
@@ -255,7 +314,7 @@ class SqliteBackend(OpenStreams, Backend):
             stream = await self._opening[path]
             return await self.open(path, ephemeral=ephemeral)
         if ephemeral:
-            return self._keep(memory_stream(path, True, self.clock, self._forget))
+            return self._keep(memory_stream(path, True, self.clock, self._forget, self.reactor))
         file = stream_file(self.root, path)
         d: Deferred[QueuedStream] = Deferred()
         self._opening[path] = d

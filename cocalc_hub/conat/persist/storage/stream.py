@@ -67,11 +67,15 @@ def _page(s: Session, *, after: int, end_seq: int | None, max_bytes: int) -> lis
 
 class QueuedStream(Stream):
     def __init__(self, path: str, ephemeral: bool, store: Store, runner: Runner,
-                 clock: Callable[[], float], on_close: Callable[[QueuedStream], None]) -> None:
+                 clock: Callable[[], float], on_close: Callable[[QueuedStream], None], *,
+                 feed_runner: Runner | None = None) -> None:
         self.path = path
         self.ephemeral = ephemeral
         self._store = store
         self._runner = runner
+        self._feed_runner = feed_runner
+        """Used instead of ``runner`` while a listener batches changes (has a flush): the
+        memory store's end-of-turn runner, so a burst of sets commits as one group."""
         self._clock = clock
         self._on_close = on_close
         self._queue: deque[_Op] = deque()
@@ -79,6 +83,7 @@ class QueuedStream(Stream):
         self._pumping = False
         self._closed = False
         self._listeners: list[Listener] = []
+        self._flushes: dict[Listener, Callable[[], None]] = {}
         self._msg_ids = common.MsgIdCache(self._now_ms)
         self._inflight_ids: dict[str, list[Deferred[dict[str, Any]]]] = {}
         self.openers = 1
@@ -125,7 +130,7 @@ class QueuedStream(Stream):
                     self._store.vacuum()
                 return result
 
-        d = self._runner(job)
+        d = (self._feed_runner if self._feed_runner is not None and self._flushes else self._runner)(job)
         d.addCallbacks(lambda result: self._done(ops, result), lambda f: self._failed(ops, f))
 
     def _done(self, ops: list[_Op], result: Any) -> None:
@@ -144,6 +149,8 @@ class QueuedStream(Stream):
         self._busy = False
         if events:
             self._emit(events)
+        if ops[0].fn is None or ops[0].write:
+            self._flush_listeners()  # every changefeed has the change before its writer's answer
         for op, ok, value in outcomes:
             if ok:
                 op.deferred.callback(value)
@@ -165,6 +172,13 @@ class QueuedStream(Stream):
                 fn(list(events))
             except Exception:
                 log.failure("persist stream {path}: changefeed listener failed", path=self.path)
+
+    def _flush_listeners(self) -> None:
+        for flush in list(self._flushes.values()):
+            try:
+                flush()
+            except Exception:
+                log.failure("persist stream {path}: changefeed flush failed", path=self.path)
 
     def _run(self, fn: Callable[[Session, float], tuple[Any, list[dict[str, Any]]]], *,
              write: bool = True, vacuum: bool = False) -> Deferred[Any]:
@@ -310,12 +324,16 @@ class QueuedStream(Stream):
         result: list[str] = await self._read(lambda s: s.keys())
         return result
 
-    def add_listener(self, fn: Listener) -> None:
+    def add_listener(self, fn: Listener, *, flush: Callable[[], None] | None = None) -> None:
         self._listeners.append(fn)
+        if flush is not None:
+            self._flushes[fn] = flush
 
     def remove_listener(self, fn: Listener) -> None:
         if fn in self._listeners:
             self._listeners.remove(fn)
+        if fn not in self._listeners:
+            self._flushes.pop(fn, None)
 
     async def close(self) -> None:
         self.openers -= 1
@@ -332,6 +350,7 @@ class QueuedStream(Stream):
         self._on_close(self)
         await barrier
         self._listeners.clear()
+        self._flushes.clear()
         await self._runner(self._store.close)
 
 
