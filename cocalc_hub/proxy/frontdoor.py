@@ -346,6 +346,11 @@ class FrontDoor(protocol.Protocol):
         if self.shim is not None and self.shim.protocol is not self.channel and self.state != CLOSED:
             self.state = RAW
             self._disarm()
+            # The Site's channel and its last request (the upgrade, never finished) are done
+            # with: told now that their connection is gone, and let go (several KB per idle
+            # WebSocket otherwise).
+            channel, self.channel, self.hub_body = self.channel, None, None
+            channel.connectionLost(protocol.connectionDone)
             rest, self.buf = self.buf, b""
             if rest:
                 self.shim.protocol.dataReceived(rest)
