@@ -6,16 +6,19 @@ request kept behind a conat WebSocket. (Figures: benchmarks/bench_storm.py.)"""
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import weakref
 from typing import Any
 
 from autobahn.websocket import protocol as autobahn_protocol
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from cocalc_hub.conat.transport.engine import _HANDSHAKE_LEFTOVERS, EngineOptions, EngineProtocol
 from cocalc_hub.web.request import HubRequest
 from tests.conat.support import Recorder, open_session, serve_engine, ws_connect
-from tests.support import settings_for, start_hub, until
+from tests.support import REPO, settings_for, start_hub, until
 
 
 class EngineConnectionCostTests(unittest.TestCase):
@@ -75,3 +78,26 @@ class FrontDoorUpgradeTests(unittest.TestCase):
         site = hub.hub.web.site if hub.hub.web is not None else None
         assert site is not None
         await until(lambda: not site.open_connections(), what="the front door connection to close")
+
+
+FROZEN = """
+import gc, sys
+from cocalc_hub import tap
+o = tap.Options()
+o.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--data", sys.argv[1]])
+before = gc.get_freeze_count()
+tap.makeService(o)
+print(before, gc.get_freeze_count())
+"""
+
+
+class StartupTests(unittest.TestCase):
+    async def test_what_startup_built_is_out_of_the_collectors_sight(self) -> None:
+        """A twistd hub freezes its start-up objects (gc.freeze): the full collections
+        of a storm then walk the new connections only."""
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-c", FROZEN, os.path.abspath(self.mktemp())], env=dict(os.environ), path=str(REPO))
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        before, after = map(int, out.split())
+        self.assertEqual(before, 0)
+        self.assertGreater(after, 10000)
