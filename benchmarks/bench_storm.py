@@ -9,7 +9,9 @@ N); ``--clients`` node processes (benchmarks/node/storm.js, niced so that they d
 the hub) each open their share of the N connections at the same moment (WebSocket
 transport, the hub password as cookie). Figures: seconds until every connection has its
 ``info`` (signed in), p50/p99 of the per-connection time from the start to ``info``, and
-the hub's RSS per idle connection (RSS with the N connections idle minus RSS before, / N).
+the hub's RSS per idle connection (RSS with the N connections idle minus RSS before, / N),
+and the CPU seconds the hub and the clients used (on a machine with few cores the clients
+can be the limit of the wall-clock figure: the hub's CPU per connection is the hub's own).
 Also the kernel's listen-queue overflow counter over the storm (SYNs dropped by a full
 accept queue are retried by the client after 1 s, 3 s, 7 s…; the counter is system-wide).
 
@@ -109,6 +111,10 @@ def storm(tree: Path, node: str, connections: int, clients: int, nice: int, hub_
         for r in results:
             for k, v in r.get("errors", {}).items():
                 errors[k] = errors.get(k, 0) + v
+        client_cpu = 0.0
+        for p in procs:
+            times = psutil.Process(p.pid).cpu_times()
+            client_cpu += times.user + times.system + times.children_user + times.children_system
         time.sleep(2)
         after = process.memory_info().rss
         for p in procs:
@@ -122,7 +128,7 @@ def storm(tree: Path, node: str, connections: int, clients: int, nice: int, hub_
             "p50": pct(ms, 0.5) if ms else float("nan"), "p99": pct(ms, 0.99) if ms else float("nan"),
             "kib": (after - before) / 1024 / connections, "before_mib": before / 2**20, "after_mib": after / 2**20,
             "failed": failed, "errors": errors, "overflows": overflows,
-            "hub_cpu": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+            "hub_cpu": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), "client_cpu": client_cpu,
         }
     except BaseException:
         sys.stderr.write(hub.log_tail())
@@ -161,19 +167,21 @@ def main() -> None:
             print(f"  run {i + 1} {tree}: all signed in after {r['seconds']:.2f} s, p50 {r['p50']:.0f} ms, "
                   f"p99 {r['p99']:.0f} ms, {r['kib']:.1f} KiB/conn "
                   f"({r['before_mib']:.0f} -> {r['after_mib']:.0f} MiB), "
-                  f"hub CPU {r['hub_cpu']:.1f} s, failed {r['failed']} {r['errors'] or ''}, "
+                  f"hub CPU {r['hub_cpu']:.1f} s, clients' CPU {r['client_cpu']:.1f} s, "
+                  f"failed {r['failed']} {r['errors'] or ''}, "
                   f"listen overflows {r['overflows']}", flush=True)
     print()
-    print(f"{'tree':40s} {'all signed in':>14s} {'p50':>9s} {'p99':>9s} {'KiB/conn':>9s} {'hub CPU':>8s} "
-          f"{'failed':>7s}")
+    print(f"{'tree':28s} {'all signed in':>14s} {'p50':>9s} {'p99':>9s} {'KiB/conn':>9s} {'hub CPU':>8s} "
+          f"{'ms/conn':>8s} {'failed':>7s}")
     for tree, rs in found.items():
         def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
             return statistics.median(r[key] for r in rs)
-        print(f"{str(tree):40s} {med('seconds'):12.2f} s {med('p50'):6.0f} ms {med('p99'):6.0f} ms "
-              f"{med('kib'):9.1f} {med('hub_cpu'):6.1f} s {sum(r['failed'] for r in rs):7d}")
-        print(f"{'':40s} runs: {', '.join(format(r['seconds'], '.2f') for r in rs)} s; "
-              f"{', '.join(format(r['kib'], '.1f') for r in rs)} KiB/conn")
-
+        print(f"{str(tree)[-28:]:28s} {med('seconds'):12.2f} s {med('p50'):6.0f} ms {med('p99'):6.0f} ms "
+              f"{med('kib'):9.1f} {med('hub_cpu'):6.1f} s {med('hub_cpu') * 1000 / args.connections:8.3f} "
+              f"{sum(r['failed'] for r in rs):7d}")
+        print(f"{'':28s} runs: {', '.join(format(r['seconds'], '.2f') for r in rs)} s; "
+              f"{', '.join(format(r['kib'], '.1f') for r in rs)} KiB/conn; "
+              f"hub CPU {', '.join(format(r['hub_cpu'], '.1f') for r in rs)} s")
 
 if __name__ == "__main__":
     main()
