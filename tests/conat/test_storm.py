@@ -68,6 +68,10 @@ class FrontDoorUpgradeTests(unittest.TestCase):
         info = await ws.text_skipping_pings()
         self.assertRegex(info, r'^42[0-9]*\["info",')
         self.assertEqual(len(requests), 1)
+        web = hub.hub.web
+        assert web is not None
+        self.assertEqual(len(web.site.open_connections()), 1)
+        self.assertEqual(web.factory.connections, set(), "the sweeper still visits the upgraded connection")
         gc.collect()
         self.assertIsNone(requests[0](), "the upgrade's HubRequest is still alive")
         # the connection still works and closes cleanly
@@ -75,9 +79,7 @@ class FrontDoorUpgradeTests(unittest.TestCase):
         self.assertRegex(await ws.text_skipping_pings(), r"^430\[")
         assert ws.transport is not None
         ws.transport.loseConnection()
-        site = hub.hub.web.site if hub.hub.web is not None else None
-        assert site is not None
-        await until(lambda: not site.open_connections(), what="the front door connection to close")
+        await until(lambda: not web.site.open_connections(), what="the front door connection to close")
 
 
 FROZEN = """
