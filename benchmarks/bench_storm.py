@@ -9,7 +9,8 @@ N); ``--clients`` node processes (benchmarks/node/storm.js, niced so that they d
 the hub) each open their share of the N connections at the same moment (WebSocket
 transport, the hub password as cookie). Figures: seconds until every connection has its
 ``info`` (signed in), p50/p99 of the per-connection time from the start to ``info``, and
-the hub's RSS per idle connection (RSS with the N connections idle minus RSS before, / N),
+the hub's RSS per idle connection (RSS with the connections idle minus RSS before, divided by
+the number signed in),
 and the CPU seconds the hub and the clients used (on a machine with few cores the clients
 can be the limit of the wall-clock figure: the hub's CPU per connection is the hub's own).
 Also the kernel's listen-queue overflow counter over the storm (SYNs dropped by a full
@@ -126,7 +127,7 @@ def storm(tree: Path, node: str, connections: int, clients: int, nice: int, hub_
         return {
             "seconds": (ms[-1] / 1000) if ms else float("nan"), "wall": wall,
             "p50": pct(ms, 0.5) if ms else float("nan"), "p99": pct(ms, 0.99) if ms else float("nan"),
-            "kib": (after - before) / 1024 / connections, "before_mib": before / 2**20, "after_mib": after / 2**20,
+            "kib": (after - before) / 1024 / max(1, len(ms)), "before_mib": before / 2**20, "after_mib": after / 2**20,
             "failed": failed, "errors": errors, "overflows": overflows,
             "hub_cpu": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), "client_cpu": client_cpu,
         }
