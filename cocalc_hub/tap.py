@@ -7,6 +7,7 @@ flags select.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -485,4 +486,9 @@ def makeService(options: Mapping[str, Any]) -> HubService:
     hub.handle_sighup = True
     # Listen now, before twistd starts logging, so "port in use" is the only line printed.
     hub.listen()
+    # What is built so far lives as long as the process: out of the cyclic collector's
+    # sight, the full collections of a reconnect storm (every client at once after a
+    # restart) walk the new connections only (they took ~15 % of the hub's CPU).
+    gc.collect()
+    gc.freeze()
     return hub

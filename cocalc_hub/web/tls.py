@@ -36,6 +36,16 @@ ALPN: Sequence[bytes] = (b"http/1.1",)
 
 EXPIRY_WARNING = datetime.timedelta(days=14)
 
+DEFAULT_BACKLOG = 4096
+"""The listen queue of a ``tcp:``, ``tcp6:``, ``ssl:`` or ``unix:`` listener that does not
+say ``backlog=``. Twisted's 50 drops the SYNs of a reconnect storm (every client of a
+restarted hub at once): each dropped client retries after 1 s, 3 s, 7 s… and recovery
+takes tens of seconds instead of the time the hub needs to accept them. The kernel caps
+it at ``net.core.somaxconn`` (4096 by default since Linux 5.4)."""
+
+# Where a positional backlog sits after the port (address) in Twisted's descriptions.
+_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "unix": 2}
+
 
 class TlsConfigError(Exception):
     """A TLS listener cannot be built; str() names the file and the problem."""
@@ -122,7 +132,7 @@ def parse_ssl(description: str) -> SslEndpoint | None:
             raise TlsConfigError(f"{description!r}: unknown ssl: parameter {key!r} "
                                  f"(known: {', '.join(_SSL_PARAMETERS)})")
         values[key] = value
-    backlog = values.get("backlog", "50")
+    backlog = values.get("backlog", str(DEFAULT_BACKLOG))
     if not re.fullmatch(r"[0-9]{1,6}", backlog):
         raise TlsConfigError(f"{description!r}: backlog {backlog!r} is not a number")
     key_file = values.get("privateKey", "server.pem")
@@ -130,6 +140,19 @@ def parse_ssl(description: str) -> SslEndpoint | None:
                      extra_cert_chain=values.get("extraCertChain"), dh_parameters=values.get("dhParameters"),
                      ssl_method=values.get("sslmethod"))
     return SslEndpoint(int(fields[1]), values.get("interface", ""), int(backlog), files)
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=`` :data:`DEFAULT_BACKLOG` added when it is a ``tcp:``,
+    ``tcp6:`` or ``unix:`` listener that gives no backlog (by keyword or by position)."""
+    fields = _raw_fields(description)
+    position = _BACKLOG_POSITION.get(fields[0])
+    if position is None:
+        return description
+    keys = [_split_keyword(field)[0] for field in fields[2:]]
+    if "backlog" in keys or sum(key is None for key in keys) >= position:
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
 
 
 def _read(path: str, what: str) -> bytes:
@@ -236,7 +259,7 @@ def server_endpoint(reactor: Any, description: str) -> tuple[IStreamServerEndpoi
     """The endpoint for a listener description, and its reloadable TLS for ``ssl:``."""
     parsed = parse_ssl(description)
     if parsed is None:
-        return serverFromString(reactor, description), None
+        return serverFromString(reactor, with_backlog(description)), None
     tls = ReloadableTLS(parsed.files, reactor)
     endpoint = SSL4ServerEndpoint(reactor, parsed.port, tls, backlog=parsed.backlog, interface=parsed.interface)
     return endpoint, tls

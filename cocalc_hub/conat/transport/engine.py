@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
@@ -51,6 +51,11 @@ log = Logger()
 
 MAX_PAYLOAD = 8_000_000
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+_HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers", "http_status_line",
+                        "http_request_params", "http_request_uri", "websocket_extensions", "websocket_protocols",
+                        "_wskey")
 
 
 def new_sid() -> str:
@@ -145,6 +150,11 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         self._connectionMade()
 
     def _onOpen(self) -> None:
+        # What autobahn kept of the opening handshake (the request's bytes, headers, query,
+        # its response…) is not read again once the connection is open: ~2 KB of every idle
+        # connection. (What the hub needs of the request is in ``handshake``.)
+        for name in _HANDSHAKE_LEFTOVERS:
+            setattr(self, name, None)
         self.onOpen()  # without the channel binding (see connectionMade)
 
     def onOpen(self) -> None:
@@ -233,7 +243,8 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         factory = self.factory
         factory.reading += 1
         try:
-            super().dataReceived(data)
+            # not autobahn's dataReceived: it formats a debug line's arguments on every read
+            self._dataReceived(data)
         finally:
             factory.reading -= 1
             if not factory.reading:
@@ -422,6 +433,29 @@ class EngineFactory(WebSocketServerFactory):
             failByDrop=False,
         )
         self.noisy = False
+
+    # autobahn copies its ~40 settings from the factory into every new connection's
+    # ``__dict__`` and pretty-prints them for a debug line, whatever the log level: that was
+    # a third of the CPU of accepting a connection in a reconnect storm, and ~2 KB of each
+    # idle connection. As class attributes of a protocol class of this factory's own they
+    # are read the same way and stored once; with ``CONFIG_ATTRS`` empty autobahn has
+    # nothing to copy or print.
+
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        super().setProtocolOptions(**options)
+        self._settle_options()
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self._settle_options()
+
+    def _settle_options(self) -> None:
+        settings: dict[str, Any] = {"CONFIG_ATTRS": ()}
+        for name in EngineProtocol.CONFIG_ATTRS:
+            value = getattr(self, name)
+            # a function as a class attribute would become a method (perMessageCompressionAccept)
+            settings[name] = staticmethod(value) if callable(value) else value
+        self.protocol = cast("type[EngineProtocol]", type("EngineProtocol", (EngineProtocol,), settings))
 
     def buildProtocol(self, addr: Any) -> Any:
         proto: EngineProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
