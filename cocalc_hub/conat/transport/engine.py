@@ -233,7 +233,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         factory = self.factory
         factory.reading += 1
         try:
-            super().dataReceived(data)
+            self._dataReceived(data)  # autobahn's dataReceived, minus a debug log it formats per read
         finally:
             factory.reading -= 1
             if not factory.reading:
