@@ -9,7 +9,9 @@ own processes: npm ``socket.io-client`` with the conat framing written out
 (benchmarks/node/bench_conat.js) and this project's Python conat client
 (benchmarks/conat_py_client.py). Messages are 100 bytes. Figures: pub/sub one publisher
 to one subscriber (fire-and-forget, bounded by a window of messages not yet received),
-sequential request/reply (rate, p50, p99), fan-out to 20 subscribers, and the hub's RSS
+sequential request/reply (rate, p50, p99), request/reply with the frame sequence of
+upstream's client (benchmarks/node/bench_reqrep.js; 1 and 16 requests in flight), fan-out
+to 20 subscribers, and the hub's RSS
 per idle signed-in connection (10 000 node connections). Each figure is measured
 ``--runs`` times; the median is printed first, then every run. Also checks that the hub's
 sockets have TCP_NODELAY (read from the hub's own file descriptors with pidfd_getfd).
@@ -34,6 +36,7 @@ from support import Hub, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_SCRIPT = str(ROOT / "benchmarks" / "node" / "bench_conat.js")
+REQREP_SCRIPT = str(ROOT / "benchmarks" / "node" / "bench_reqrep.js")
 PY_CLIENT = str(ROOT / "benchmarks" / "conat_py_client.py")
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 NODE, PYTHON = "node socket.io-client", "python conat client"
@@ -43,6 +46,7 @@ TARGET_REQ = 1_250  # req/s
 TARGET_P50 = 0.74  # ms
 TARGET_FANOUT = 40_000  # deliveries/s
 TARGET_IDLE_KIB = 100  # KiB per idle connection
+UPSTREAM_REQ = 2161  # req/s, upstream's server with upstream's client, sequential (issue 14)
 
 
 def run_json(cmd: list[str], timeout: float, hub: Hub) -> dict[str, Any]:
@@ -182,6 +186,22 @@ def main() -> None:
             print(f"{name:22s} {med:9.0f} req/s   p50 {p50:.3f} ms   p99 {statistics.median(p99s):.3f} ms   "
                   f"{verdict(med >= TARGET_REQ and p50 <= TARGET_P50)}   {cpu_text(results)}")
             print(f"{'':22s} runs: {runs_text(rates, '.0f')} req/s; p50 {runs_text(p50s, '.3f')} ms; "
+                  f"p99 {runs_text(p99s, '.3f')} ms")
+
+        print(f"\n## request/reply as upstream's client does it (inbox subscribed once; request = publish with "
+              f"ack and CN-Reply; reply = publish with ack, as respond(); benchmarks/node/bench_reqrep.js); "
+              f"{args.requests} requests; upstream's server: {UPSTREAM_REQ} req/s sequential")
+        for in_flight in (1, 16):
+            cmd = [node, REQREP_SCRIPT, hub.url, cookie, str(args.requests), str(in_flight)]
+            results = [run_json(cmd, timeout + args.requests / 100, hub) for _ in range(n)]
+            rates = [r["rate"] for r in results]
+            p50s = [r["p50_ms"] for r in results]
+            p99s = [r["p99_ms"] for r in results]
+            med = statistics.median(rates)
+            label = f"{NODE}, {in_flight} in flight"
+            print(f"{label:34s} {med:7.0f} req/s   p50 {statistics.median(p50s):.3f} ms   "
+                  f"p99 {statistics.median(p99s):.3f} ms   {cpu_text(results)}")
+            print(f"{'':34s} runs: {runs_text(rates, '.0f')} req/s; p50 {runs_text(p50s, '.3f')} ms; "
                   f"p99 {runs_text(p99s, '.3f')} ms")
 
         print(f"\n## fan-out, 1 publisher -> 20 subscribers (20 connections; window 100 msgs); "

@@ -34,10 +34,12 @@ def rss_kib(pid: int) -> int:
 class Hub:
     """A ``twistd cocalc-hub`` process. ``data`` (default: a new temporary directory) holds
     its DATA; ``args`` are extra options (mode flags, limits); ``http`` says whether it
-    listens (a process with only ``--conat-persist`` does not)."""
+    listens (a process with only ``--conat-persist`` does not); ``twistd_args`` go to
+    twistd itself (e.g. ``--profile``)."""
 
     def __init__(self, args: list[str] | None = None, *, data: Path | None = None, env: dict[str, str] | None = None,
-                 http: bool = True, name: str = "hub", tls: tuple[Path, Path] | None = None) -> None:
+                 http: bool = True, name: str = "hub", tls: tuple[Path, Path] | None = None,
+                 twistd_args: list[str] | None = None) -> None:
         self.owns_data = data is None
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-hub-")) if data is None else data
         self.data = self.tmp / "data" if data is None else data
@@ -50,7 +52,7 @@ class Hub:
         self.log_path = self.data.parent / f"{name}-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--port", listen,
+            [TWISTD, "--nodaemon", "--pidfile=", *(twistd_args or []), "cocalc-hub", "--port", listen,
              "--log-level", "warn", *(args or [])],
             env={**os.environ, "DATA": str(self.data), **(env or {})}, stdout=self.log, stderr=self.log)
         self.pid = self.proc.pid

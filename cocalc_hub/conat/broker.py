@@ -29,7 +29,9 @@ from cocalc_hub.conat.connection import Connection, Interest, Routed, Subscripti
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.patterns import Index, is_valid_subject, is_valid_subject_without_wildcards, matches
 from cocalc_hub.conat.permissions import OPEN_USER, PUB, SUB, Permissions, User, project_of
-from cocalc_hub.conat.transport.packets import RESERVED_EVENTS, dumps
+from cocalc_hub.conat.transport.packets import RESERVED_EVENTS
+from cocalc_hub.conat.transport.packets import headers_json as headers_text
+from cocalc_hub.conat.transport.socket import Ack
 
 log = Logger()
 
@@ -37,6 +39,8 @@ MAX_WAITERS = 1000
 """Open wait-for-interest requests per connection."""
 MAX_STICKY = 1000
 MAX_INTEREST_TIMEOUT = 90.0
+_COUNT_ACKS = tuple(f'[{{"count":{n}}}]' for n in range(64))
+"""A publish's ack as a socket sends it (``{"count": n}``), written once."""
 
 
 @dataclass
@@ -298,13 +302,16 @@ class Broker:
         headers_json = None
         if headers is not None:
             try:
-                headers_json = dumps(headers)  # once here, not once per delivery
+                headers_json = headers_text(headers)  # once here, not once per delivery
             except (RecursionError, ValueError):
                 self._invalid(conn, subject, ack, "invalid message headers")
                 return
         count = self.route(conn, subject, mid, seq, done, encoding, raw, headers, headers_json)
         if ack is not None:
-            ack({"count": count})
+            if type(ack) is Ack:
+                ack.raw(_COUNT_ACKS[count] if count < len(_COUNT_ACKS) else f'[{{"count":{count}}}]')
+            else:
+                ack({"count": count})
 
     def route(self, conn: Connection | None, subject: str, mid: Any, seq: int, done: Any, encoding: int,
               raw: bytes, headers: Any, headers_json: str | None = None) -> int:

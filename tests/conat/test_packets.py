@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -361,6 +362,84 @@ def _typed(value: Any) -> Any:
     if isinstance(value, dict):
         return ("dict", [(k, _typed(v)) for k, v in value.items()])
     return (type(value).__name__, repr(value))
+
+
+class PublishFastPathTests(SynchronousTestCase):
+    """A conat publish (one attachment at ``[1][5]``) skips the general walk: same result."""
+
+    def test_the_chunk_gets_its_bytes(self) -> None:
+        packet = decode('51-7["publish",["a.b","id",0,1,0,' + PH0 + ',{"CN-Reply":"' + REPLY + '"}]]')
+        packet.attachments.append(API_CALL)
+        self.assertEqual(finish_binary(packet).data,
+                         ["publish", ["a.b", "id", 0, 1, 0, API_CALL, {"CN-Reply": REPLY}]])
+
+    def test_a_placeholder_earlier_in_the_chunk_is_the_one_filled_as_before(self) -> None:
+        # the general walk fills the first placeholder it meets, depth first
+        packet = decode('51-["publish",["a.b",' + PH0 + ',0,1,0,' + PH0 + ']]')
+        packet.attachments.append(b"x")
+        self.assertEqual(finish_binary(packet).data, ["publish", ["a.b", b"x", 0, 1, 0, json.loads(PH0)]])
+
+    def test_a_bad_placeholder_in_the_chunk_is_refused(self) -> None:
+        packet = decode('51-["publish",["a.b","id",0,1,0,{"_placeholder":true,"num":1}]]')
+        packet.attachments.append(b"x")
+        with self.assertRaises(ProtocolError):
+            finish_binary(packet)
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(st.lists(_trees, min_size=6, max_size=8))
+    def test_same_as_the_general_walk(self, chunk: list[Any]) -> None:
+        chunk[5] = b"raw"
+        buffers: list[bytes] = []
+        value = deconstruct(["publish", chunk], buffers)
+        if len(buffers) != 1:
+            return
+        expected = packets._fill  # the general walk, on a copy
+        general = json.loads(json.dumps(value))
+        expected(general, list(buffers), [1])
+        self.assertEqual(_typed(reconstruct(json.loads(json.dumps(value)), buffers)), _typed(general))
+
+
+class HeadersJsonTests(SynchronousTestCase):
+    def test_same_text_as_dumps(self) -> None:
+        for headers in ({"CN-Reply": REPLY}, {"CN-Reply": 'q"\\\u00e9\ud800\n'}, {"CN-Reply": 7},
+                        {"CN-Reply": REPLY, "x": 1}, {"a": "b"}, {}, "x", 7, [1, 2], True, None):
+            self.assertEqual(packets.headers_json(headers), packets.dumps(headers), headers)
+        self.assertTrue(packets.headers_json({"CN-Reply": "\u00e9"}).isascii())
+
+    def test_is_flat(self) -> None:
+        self.assertTrue(packets.is_flat({"count": 1, "a": None, "b": "s", "c": 1.5, "d": True}))
+        self.assertTrue(packets.is_flat({}))
+        for value in ({"a": b"x"}, {"a": [1]}, {"a": {}}, {1: 2}):
+            self.assertFalse(packets.is_flat(value), value)
+
+
+class AckEncodingTests(SynchronousTestCase):
+    """An Ack writes the same packet whether it takes the flat-dict shortcut or not."""
+
+    def sent(self, args: tuple[Any, ...], nsp: str = "/", confirm: bool = False) -> list[Any]:
+        from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+
+        out: list[Any] = []
+
+        class Sender:
+            def send_packet(self, text: str, binaries: list[bytes], flow: object = None, order: int = 0) -> None:
+                out.append(([text, *binaries], order))
+
+        ack = Ack(ServerSocket("sid", Sender(), Handshake(), nsp=nsp), 12)  # type: ignore[arg-type]
+        (ack.confirm if confirm else ack)(*args)
+        ack(*args)  # only the first call is sent
+        return out
+
+    def test_same_packets(self) -> None:
+        from cocalc_hub.conat.transport.barriers import CONFIRM, PLAIN
+
+        for args in (({"count": 1},), ({"status": "added"},), ({"error": "Error: é", "code": 403},), ({},),
+                     ({"a": b"x"},), ({"a": [1]},), (None,), (), ([None, None],), ({"count": 1}, 2)):
+            for nsp in ("/", "/custom"):
+                self.assertEqual(self.sent(args, nsp), [(encode(ACK, list(args), nsp=nsp, ack_id=12), PLAIN)],
+                                 (args, nsp))
+                self.assertEqual(self.sent(args, nsp, confirm=True),
+                                 [(encode(ACK, list(args), nsp=nsp, ack_id=12), CONFIRM)], (args, nsp))
 
 
 class PropertyTests(SynchronousTestCase):

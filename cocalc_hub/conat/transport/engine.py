@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from cocalc_hub.conat.transport import packets
 from cocalc_hub.conat.transport.barriers import PLAIN, ReadBarriers, Turns
+from cocalc_hub.conat.transport.direct import idle, plain_tcp, send_now
 from cocalc_hub.conat.transport.flush import flush
 from cocalc_hub.conat.transport.frames import FastFrames, frame, header
 from cocalc_hub.conat.transport.packets import ProtocolError
@@ -127,6 +128,9 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
     _pongs = 0
     _out: ReadBarriers | None = None
     _dirty = False
+    _tcp: Any = None
+    _held: list[bytes] | None = None
+    """What the current read wrote, sent at its end (:mod:`.direct`)."""
     _paused = False
     _backlog = 0
     _closing_reason = "transport close"
@@ -172,6 +176,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
             except RuntimeError:
                 log.debug("conat: transport already has a producer; slow consumers are not detected")
         self.opened = True
+        self._tcp = plain_tcp(self.transport)
         self.sid = new_sid()
         opts = self.factory.options
         self._out = ReadBarriers(self._write, self._send_ping, self.factory.turns, self._held_too_much,
@@ -243,8 +248,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         factory = self.factory
         factory.reading += 1
         try:
-            # not autobahn's dataReceived: it formats a debug line's arguments on every read
-            self._dataReceived(data)
+            self._dataReceived(data)  # autobahn's dataReceived, minus a debug log it formats per read
         finally:
             factory.reading -= 1
             if not factory.reading:
@@ -315,10 +319,25 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
                 self.factory.slow_consumers += 1
                 self._close("slow consumer", abort=True)
                 return
-        self.transport.write(data)  # type: ignore[union-attr]
+        if self._held is not None:
+            self._held.append(data)
+        elif self.factory.reading and idle(self._tcp):
+            self._held = [data]  # sent at the end of this read (:mod:`.direct`)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
         if not self._dirty and self.factory.reading:
             self._dirty = True
             self.factory.written.append(self)
+
+    def _release(self) -> None:
+        """What the current read wrote goes to the transport (before anything else does)."""
+        held, self._held = self._held, None
+        if held is not None and self.transport is not None:
+            self.transport.write(b"".join(held))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        self._release()  # autobahn's own frames (close, pong) come after what was written before them
+        super().sendData(data, sync, chopsize)
 
     def _held_too_much(self, n: int) -> None:
         log.warn("conat: dropping {peer}, which has not answered a ping with {n} bytes held for it",
@@ -394,6 +413,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_timers()
+        self._held = None
         if self._out is not None:
             self._out.drop()
         self._gone(self._closing_reason)
@@ -467,7 +487,12 @@ class EngineFactory(WebSocketServerFactory):
         written, self.written = self.written, []
         for proto in written:
             proto._dirty = False
-            if proto.transport is not None:
+            held, proto._held = proto._held, None
+            if proto.transport is None:
+                continue
+            if held is not None:
+                send_now(proto._tcp, proto.transport, held[0] if len(held) == 1 else b"".join(held))
+            else:
                 flush(proto.transport)
 
     def opened(self, proto: EngineProtocol) -> None:

@@ -64,6 +64,27 @@ def _placeholder(num: int) -> dict[str, Any]:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
+def is_flat(value: dict[Any, Any]) -> bool:
+    """A dict of strings to scalars: JSON as it is, nothing binary inside."""
+    for k, v in value.items():
+        if type(k) is not str or type(v) not in _SCALARS:
+            return False
+    return True
+
+
+_ENCODE_STR = json.encoder.encode_basestring_ascii
+
+
+def headers_json(headers: Any) -> str:
+    """The JSON of a message's headers, as :func:`dumps` writes it; the usual request
+    headers (``{"CN-Reply": subject}``) without the encoder's set-up per call."""
+    if type(headers) is dict and len(headers) == 1:
+        reply = headers.get("CN-Reply")
+        if type(reply) is str:
+            return '{"CN-Reply":' + _ENCODE_STR(reply) + "}"
+    return _dumps(headers)
+
+
 def deconstruct(value: Any, buffers: list[bytes]) -> Any:
     """Replace bytes anywhere in ``value`` by placeholders, collecting them in order.
     (Scalars are passed over without a call: this runs for every message sent.)"""
@@ -92,6 +113,15 @@ def reconstruct(value: Any, buffers: list[bytes]) -> Any:
     left = [len(buffers)]
     if not left[0]:
         return value
+    if left[0] == 1 and type(value) is list and len(value) == 2 and type(value[1]) is list:
+        # ["publish", [subject, id, seq, done, encoding, <placeholder>, headers?]]
+        chunk = value[1]
+        if len(chunk) > 5 and type(chunk[5]) is dict and _is_placeholder(chunk[5]):
+            t = _SCALARS
+            if (type(chunk[0]) in t and type(chunk[1]) in t and type(chunk[2]) in t and type(chunk[3]) in t
+                    and type(chunk[4]) in t):
+                chunk[5] = _attachment(chunk[5], buffers)
+                return value
     if type(value) is dict and _is_placeholder(value):
         return _attachment(value, buffers)
     if type(value) in (list, dict):

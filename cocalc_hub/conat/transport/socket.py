@@ -105,6 +105,11 @@ class Ack:
         self.sent = True
         socket = self.socket
         if socket.connected:
+            if len(args) == 1 and type(args[0]) is dict and packets.is_flat(args[0]):
+                # the common answer (``{"count": 1}``, ``{"status": "added"}``): no bytes to take out
+                socket.sender.send_packet(f"43{nsp_part(socket.nsp)}{self.id}[{packets.dumps(args[0])}]", [],
+                                          None, order)
+                return
             text, *binaries = packets.encode(packets.ACK, args, nsp=socket.nsp, ack_id=self.id)
             socket.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)], None, order)
 
