@@ -12,7 +12,11 @@ tests/node/node_modules). Figures, median of the rounds:
 * where barriers act (benchmarks/node/bench_barriers.js): 16 requests in flight while the
   same client receives a stream on another subject (replies followed by other deliveries:
   holds start), req/s and stream msgs/s; sequential subscribe + unsubscribe pairs/s (every
-  subscribe ack is a barrier); and how many holds the hub started (its /metrics).
+  subscribe ack is a barrier); and how many holds the hub started (its /metrics);
+* ack latency under load (``acks``): a probe publishes with ack, one at a time, while four
+  publisher → subscriber pairs stream as fast as they are read: p50/p99 of the ack round
+  trip, and the streams' rate meanwhile (what one read wrote is sent at the end of that
+  read, transport/flush.py, rather than on the reactor's next poll).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def one_round(tree: Path, seconds: float) -> dict[str, float]:
         mixed = run(["node", BARRIERS_JS, "mixed", hub.url, cookie, str(seconds), "16"], hub)
         out["mixed_req"], out["mixed_stream"] = mixed["req_rate"], mixed["stream_rate"]
         out["subscribe"] = run(["node", BARRIERS_JS, "subscribe", hub.url, cookie, "2000"], hub)["rate"]
+        acks = run(["node", BARRIERS_JS, "acks", hub.url, cookie, str(seconds), "4"], hub)
+        out["acks_p50"], out["acks_p99"], out["acks_load"] = acks["p50_ms"], acks["p99_ms"], acks["load_rate"]
         h = holds(hub)
         if h is not None:
             out["holds"] = h
@@ -74,7 +80,11 @@ ROWS = [("pubsub", "pub/sub 1 → 1, msgs/s", "{:,.0f}"), ("reqrep", "request/re
         ("reqrep_p50", "request/reply p50, ms", "{:.3f}"), ("fanout", "fan-out 1 → 20, deliveries/s", "{:,.0f}"),
         ("mixed_req", "16 in flight + a stream: req/s", "{:,.0f}"),
         ("mixed_stream", "16 in flight + a stream: stream msgs/s", "{:,.0f}"),
-        ("subscribe", "subscribe + unsubscribe, pairs/s", "{:,.0f}"), ("holds", "holds started (whole run)", "{:,.0f}")]
+        ("subscribe", "subscribe + unsubscribe, pairs/s", "{:,.0f}"),
+        ("acks_p50", "ack latency under 4 streams, p50 ms", "{:.3f}"),
+        ("acks_p99", "ack latency under 4 streams, p99 ms", "{:.3f}"),
+        ("acks_load", "the 4 streams meanwhile, msgs/s", "{:,.0f}"),
+        ("holds", "holds started (whole run)", "{:,.0f}")]
 
 
 def main() -> None:

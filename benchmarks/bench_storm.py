@@ -16,7 +16,8 @@ can be the limit of the wall-clock figure: the hub's CPU per connection is the h
 Also the kernel's listen-queue overflow counter over the storm (SYNs dropped by a full
 accept queue are retried by the client after 1 s, 3 s, 7 s…; the counter is system-wide).
 
-``--tree DIR`` (repeatable) runs the hub of another checkout (its ``.venv/bin/twistd``):
+``--tree DIR`` (repeatable) runs the hub of another checkout (its ``.venv/bin/twistd``, or
+this venv's with the checkout first on ``PYTHONPATH``):
 the trees are measured in alternation, each ``--runs`` times, the clients always this
 tree's; medians are printed side by side.
 """
@@ -62,7 +63,8 @@ def pct(values: list[float], q: float) -> float:
 def twistd(tree: Path, profile: str | None) -> str:
     """The tree's twistd; with ``profile``, a wrapper running it under cProfile (stats saved
     to ``profile`` when the hub stops)."""
-    path = str(tree / ".venv" / "bin" / "twistd")
+    own = tree / ".venv" / "bin" / "twistd"
+    path = str(own if own.exists() else Path(sys.executable).parent / "twistd")  # + PYTHONPATH=tree
     if profile is None:
         return path
     fd, wrapper = tempfile.mkstemp(prefix="twistd-profile-", suffix=".sh")
@@ -77,7 +79,8 @@ def storm(tree: Path, node: str, connections: int, clients: int, nice: int, hub_
           profile: str | None = None) -> dict[str, Any]:
     support.TWISTD = twistd(tree, profile)
     limit = str(connections + 1000)
-    hub = Hub(["--conat-max-connections", limit, "--conat-max-connections-per-user", limit, *hub_args])
+    hub = Hub(["--conat-max-connections", limit, "--conat-max-connections-per-user", limit, *hub_args],
+              env={"PYTHONPATH": str(tree)})
     procs: list[subprocess.Popen[str]] = []
     try:
         process = psutil.Process(hub.pid)

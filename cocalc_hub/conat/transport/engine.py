@@ -129,7 +129,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
     _out: ReadBarriers | None = None
     _dirty = False
     _tcp: Any = None
-    _held: list[bytes] | None = None
+    _unsent: list[bytes] | None = None
     """What the current read wrote, sent at its end (:mod:`.direct`)."""
     _paused = False
     _backlog = 0
@@ -319,10 +319,10 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
                 self.factory.slow_consumers += 1
                 self._close("slow consumer", abort=True)
                 return
-        if self._held is not None:
-            self._held.append(data)
+        if self._unsent is not None:
+            self._unsent.append(data)
         elif self.factory.reading and idle(self._tcp):
-            self._held = [data]  # sent at the end of this read (:mod:`.direct`)
+            self._unsent = [data]  # sent at the end of this read (:mod:`.direct`)
         else:
             self.transport.write(data)  # type: ignore[union-attr]
         if not self._dirty and self.factory.reading:
@@ -331,7 +331,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def _release(self) -> None:
         """What the current read wrote goes to the transport (before anything else does)."""
-        held, self._held = self._held, None
+        held, self._unsent = self._unsent, None
         if held is not None and self.transport is not None:
             self.transport.write(b"".join(held))
 
@@ -413,7 +413,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_timers()
-        self._held = None
+        self._unsent = None
         if self._out is not None:
             self._out.drop()
         self._gone(self._closing_reason)
@@ -487,7 +487,7 @@ class EngineFactory(WebSocketServerFactory):
         written, self.written = self.written, []
         for proto in written:
             proto._dirty = False
-            held, proto._held = proto._held, None
+            held, proto._unsent = proto._unsent, None
             if proto.transport is None:
                 continue
             if held is not None:
