@@ -7,9 +7,9 @@
 //        the case that starts holds; prints req/s and the stream's msgs/s
 //   node bench_barriers.js subscribe <url> <cookie> <count>
 //        sequential subscribe + unsubscribe pairs (each subscribe ack is a barrier)
-//   node bench_barriers.js acks <url> <cookie> <seconds> <pairs>
+//   node bench_barriers.js acks <url> <cookie> <seconds> <pairs> <rate>
 //        ack latency under load: a probe publishes with ack, one at a time, while `pairs`
-//        publisher → subscriber pairs stream fire-and-forget messages; prints ack p50/p99
+//        publisher → subscriber pairs stream `rate` msgs/s each; prints ack p50/p99
 
 const path = require("path");
 const { connect, subscribe, call, randomId, sleep } = require(path.join(__dirname, "..", "..", "tests", "node", "conat.js"));
@@ -84,27 +84,27 @@ async function subscribeChurn(url, cookie, count) {
   conn.sock.disconnect();
 }
 
-async function acks(url, cookie, seconds, pairs) {
+async function acks(url, cookie, seconds, pairs, rate) {
+  // `pairs` streams of `rate` msgs/s each (in bursts every 5 ms): load the hub without
+  // saturating it, so the probe's ack time shows write scheduling, not an overload queue.
   let running = true;
   let loaded = 0;
   const conns = [];
+  const timers = [];
+  const burst = Math.max(1, Math.round(rate / 200));
   for (let i = 0; i < pairs; i++) {
     const pub = await connect(url, { cookie });
     const sub = await connect(url, { cookie });
     conns.push(pub, sub);
     const subject = `bench.bar.load.${i}.${randomId()}`;
-    let sent = 0;
-    let recv = 0;
-    const pump = () => {
-      while (running && sent - recv < 200) pub.sock.emit("publish", [subject, String(sent++), 0, 1, 0, PAYLOAD]);
-    };
     sub.sock.on(subject, () => {
-      recv++;
       loaded++;
-      if (sent - recv <= 100) pump();
     });
     await subscribe(sub, subject);
-    pump();
+    let sent = 0;
+    timers.push(setInterval(() => {
+      for (let k = 0; k < burst && running; k++) pub.sock.emit("publish", [subject, String(sent++), 0, 1, 0, PAYLOAD]);
+    }, 5));
   }
   const probe = await connect(url, { cookie });
   const listener = await connect(url, { cookie });
@@ -124,6 +124,7 @@ async function acks(url, cookie, seconds, pairs) {
   const cpu = cpuSince(mark);
   const loadRate = (loaded - loaded0) / (now() - mark.t);
   running = false;
+  for (const t of timers) clearInterval(t);
   latencies.sort((x, y) => x - y);
   const pct = (q) => latencies[Math.min(latencies.length - 1, Math.round(q * (latencies.length - 1)))];
   print({ load_rate: loadRate, acks: latencies.length, p50_ms: pct(0.5), p90_ms: pct(0.9), p99_ms: pct(0.99), ...cpu });
@@ -131,10 +132,10 @@ async function acks(url, cookie, seconds, pairs) {
 }
 
 async function main() {
-  const [mode, url, cookie, a, b] = process.argv.slice(2);
+  const [mode, url, cookie, a, b, c] = process.argv.slice(2);
   if (mode === "mixed") await mixed(url, cookie, Number(a), Number(b));
   else if (mode === "subscribe") await subscribeChurn(url, cookie, Number(a));
-  else if (mode === "acks") await acks(url, cookie, Number(a), Number(b));
+  else if (mode === "acks") await acks(url, cookie, Number(a), Number(b), Number(c));
   else throw new Error(`unknown mode ${mode}`);
   process.exit(0);
 }

@@ -161,7 +161,8 @@ class Broker:
             self.total += 1
             conn.counted = key
         conn.user = user
-        log.debug("conat: {id} signed in from {addr} as {user}", id=conn.id, addr=conn.stats["address"], user=user.json)
+        log.debug("conat: {id} signed in from {addr} as {user}", id=conn.id, addr=conn.stats["address"],
+                  user=key)  # limit_key is the user's JSON: not encoded twice per connection
         self._send_info(conn, self.reactor.seconds(), cfg.info_retry)
         conn.unblock()
         if self.on_signed_in is not None:

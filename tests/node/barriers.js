@@ -11,7 +11,7 @@
 
 const path = require("path");
 const { io } = require(path.join(__dirname, "node_modules", "socket.io-client"));
-const { chunkArray, randomId } = require("./conat");
+const { chunkArray, randomId, runScenario } = require("./conat");
 
 function open(url, cookie) {
   const sock = io(url, {
@@ -105,16 +105,4 @@ const scenarios = {
   "reply-then-feed": scenarioReplyThenFeed,
 };
 
-async function main() {
-  const [name, params] = process.argv.slice(2);
-  const run = scenarios[name];
-  if (!run) throw new Error(`unknown scenario ${name}`);
-  const out = await run(JSON.parse(params || "{}"));
-  process.stdout.write(JSON.stringify(out) + "\n");
-  process.exit(0);
-}
-
-main().catch((err) => {
-  process.stderr.write(`FAILED ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+runScenario(scenarios);

@@ -166,4 +166,24 @@ async function until(predicate, ms = 30000) {
   return true;
 }
 
-module.exports = { connect, call, subscribe, publish, listen, randomId, settle, sleep, until, chunkArray, MAX_HEADER_SIZE };
+// `node script.js <scenario> '<json params>'`: run scenarios[scenario] with the params and
+// print the one JSON object it returns on stdout (exit 0), or the error on stderr (exit 1).
+function runScenario(scenarios) {
+  const [name, params] = process.argv.slice(2);
+  const run = scenarios[name];
+  Promise.resolve()
+    .then(() => {
+      if (!run) throw new Error(`unknown scenario ${name}`);
+      return run(JSON.parse(params || "{}"));
+    })
+    .then((out) => {
+      process.stdout.write(JSON.stringify(out) + "\n");
+      process.exit(0);
+    })
+    .catch((err) => {
+      process.stderr.write(`FAILED ${err && err.stack ? err.stack : err}\n`);
+      process.exit(1);
+    });
+}
+
+module.exports = { runScenario, connect, call, subscribe, publish, listen, randomId, settle, sleep, until, chunkArray, MAX_HEADER_SIZE };

@@ -9,7 +9,7 @@
 // "HOLD <json>" to stderr and wait for a line on stdin.
 
 const crypto = require("crypto");
-const { connect, call, subscribe, publish, listen, randomId, settle, sleep, until } = require("./conat");
+const { connect, call, subscribe, publish, listen, randomId, settle, sleep, until, runScenario } = require("./conat");
 
 function show(x) {
   if (Buffer.isBuffer(x)) return { hex: x.toString("hex") };
@@ -389,16 +389,4 @@ async function scenarioHeaders({ url, cookie, values }) {
   return { acks, echoed, all_echoed: ok, request_count: count, reply: answer };
 }
 
-async function main() {
-  const [name, params] = process.argv.slice(2);
-  const run = scenarios[name];
-  if (!run) throw new Error(`unknown scenario ${name}`);
-  const out = await run(JSON.parse(params || "{}"));
-  process.stdout.write(JSON.stringify(out) + "\n");
-  process.exit(0);
-}
-
-main().catch((err) => {
-  process.stderr.write(`FAILED ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+runScenario(scenarios);
