@@ -40,6 +40,25 @@ class EngineConnectionCostTests(unittest.TestCase):
         (proto2,) = factory.connections - {proto}
         self.assertEqual((proto.maxMessagePayloadSize, proto2.maxMessagePayloadSize), (12345, 777))
 
+    def test_a_factory_subclass_keeps_its_own_protocol_class(self) -> None:
+        """The per-factory settings class derives from the factory's own protocol (the
+        WebSocket fuzzing test's echo server is such a subclass)."""
+        from twisted.internet import reactor
+
+        from cocalc_hub.conat.transport.engine import EngineFactory
+        from cocalc_hub.conat.transport.sio import SocketIOServer
+
+        class Mine(EngineProtocol):
+            pass
+
+        class MyFactory(EngineFactory):
+            protocol = Mine
+
+        factory = MyFactory(SocketIOServer(Recorder()), reactor, EngineOptions(max_payload=4321))
+        self.assertTrue(issubclass(factory.protocol, Mine))
+        self.assertEqual(factory.buildProtocol(None).maxMessagePayloadSize, 4321)
+        self.assertTrue(issubclass(EngineFactory(SocketIOServer(Recorder()), reactor).protocol, EngineProtocol))
+
     async def test_handshake_leftovers_are_released_on_open(self) -> None:
         port, factory = serve_engine(self, Recorder())
         ws = await ws_connect(self, port)

@@ -470,12 +470,13 @@ class EngineFactory(WebSocketServerFactory):
         self._settle_options()
 
     def _settle_options(self) -> None:
+        base: type[EngineProtocol] = type(self).protocol  # the class's, e.g. a subclass's own protocol
         settings: dict[str, Any] = {"CONFIG_ATTRS": ()}
-        for name in EngineProtocol.CONFIG_ATTRS:
+        for name in base.CONFIG_ATTRS:
             value = getattr(self, name)
             # a function as a class attribute would become a method (perMessageCompressionAccept)
             settings[name] = staticmethod(value) if callable(value) else value
-        self.protocol = cast("type[EngineProtocol]", type("EngineProtocol", (EngineProtocol,), settings))
+        self.protocol = cast("type[EngineProtocol]", type(base.__name__, (base,), settings))
 
     def buildProtocol(self, addr: Any) -> Any:
         proto: EngineProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
