@@ -186,7 +186,7 @@ class HubRestartTests(unittest.TestCase):
         self.assertEqual((r.code, r.json.get("stdout")), (200, "still here\n"), r)
         r = await api.post("projects/start", {"project_id": pid})
         self.assertEqual(r.json["state"]["project.pid"], main)
-        mains = [p for p in processes.project_processes(pid) if "cocalc_hub.project" in " ".join(p.cmdline())]
+        mains = [p for p in processes.project_processes(pid) if "cocalc_hub.project_agent" in " ".join(p.cmdline())]
         self.assertEqual([p.pid for p in mains], [main], "exactly one project program")
         r = await api.post("projects/stop", {"project_id": pid})
         self.assertEqual(r.json["state"]["state"], "opened")

@@ -53,7 +53,7 @@ class ManagerConfig:
     adopt: bool = True
     stop_on_exit: bool = False
     limits: Mapping[str, int] = field(default_factory=dict)
-    program: tuple[str, ...] = (sys.executable, "-m", "cocalc_hub.project")
+    program: tuple[str, ...] = (sys.executable, "-m", "cocalc_hub.project_agent")
     """argv of the project program (tests substitute misbehaving programs)."""
     base_path: str = "/"
     hub_url: Callable[[], str] = lambda: ""

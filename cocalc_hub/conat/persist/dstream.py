@@ -8,7 +8,7 @@ fetch everything past the last sequence number they saw, so nothing is lost or r
 
 Used by the hub (each project's DKV ``project-status``, :mod:`cocalc_hub.projects.status`)
 and by the project program (DKV ``project-info``, DStream ``exec-log``,
-:mod:`cocalc_hub.project.records`).
+:mod:`cocalc_hub.project_agent.records`).
 """
 
 from __future__ import annotations

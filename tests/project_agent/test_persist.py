@@ -12,8 +12,8 @@ from zope.interface import provider
 from cocalc_hub import __version__
 from cocalc_hub.conat.client import Client, ConatError
 from cocalc_hub.conat.persist.dstream import DKV, DStream
-from cocalc_hub.project.records import EXEC_LOG_MAX
-from tests.project.support import ProjectConatCase
+from cocalc_hub.project_agent.records import EXEC_LOG_MAX
+from tests.project_agent.support import ProjectConatCase
 from tests.support import until
 from tests.web.api_client import ApiClient
 

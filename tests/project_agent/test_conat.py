@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet import reactor
 
 from cocalc_hub.conat.client import ConatError, connect
-from cocalc_hub.project.subjects import api_subject, project_subject, state_subject
-from tests.project.support import ProjectConatCase, seen
+from cocalc_hub.project_agent.subjects import api_subject, project_subject, state_subject
+from tests.project_agent.support import ProjectConatCase, seen
 
 
 def hub_states(events: list[dict[str, Any]]) -> list[str]:

@@ -31,8 +31,8 @@ from twisted.internet import threads
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.project import files
-from cocalc_hub.project.jobs import ExecError, Job, Jobs
+from cocalc_hub.project_agent import files
+from cocalc_hub.project_agent.jobs import ExecError, Job, Jobs
 
 log = Logger()
 

@@ -38,7 +38,7 @@ from cocalc_hub import __version__
 from cocalc_hub.conat.client import Client
 from cocalc_hub.conat.persist.dstream import DKV, DStream
 from cocalc_hub.conat.persist.outage import Outage
-from cocalc_hub.project.jobs import Job
+from cocalc_hub.project_agent.jobs import Job
 
 log = Logger()
 

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from cocalc_hub.project.jobs import ExecError, Jobs
+from cocalc_hub.project_agent.jobs import ExecError, Jobs
 from cocalc_hub.web.files import UnsafePath, decode_segments, safe_resolve, serve_file
 
 log = Logger()

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from cocalc_hub.conat.client import Client, ConatError
-from cocalc_hub.project import files
-from cocalc_hub.project.jobs import MAX_MAX_OUTPUT
-from tests.project.support import ProjectConatCase
+from cocalc_hub.project_agent import files
+from cocalc_hub.project_agent.jobs import MAX_MAX_OUTPUT
+from tests.project_agent.support import ProjectConatCase
 
 
 class ApiCase(ProjectConatCase):

@@ -28,7 +28,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cocalc_hub.project.files import FileError, confine
+from cocalc_hub.project_agent.files import FileError, confine
 
 log = Logger()
 

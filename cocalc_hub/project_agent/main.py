@@ -19,9 +19,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
-from cocalc_hub.project import process
-from cocalc_hub.project.jobs import Jobs
-from cocalc_hub.project.raw import ProjectRoot
+from cocalc_hub.project_agent import process
+from cocalc_hub.project_agent.jobs import Jobs
+from cocalc_hub.project_agent.raw import ProjectRoot
 
 log = Logger()
 
@@ -146,9 +146,9 @@ def run(env: Mapping[str, str]) -> int:
 
 def join_conat(reactor: Any, env: Mapping[str, str], token: str, home: Path, jobs: Jobs, started: float) -> None:
     """Answer the project API on the hub's conat broker, if the hub said where it is."""
-    from cocalc_hub.project.api import ProjectApi
-    from cocalc_hub.project.conat_link import start_link
-    from cocalc_hub.project.records import ProjectRecords, project_info
+    from cocalc_hub.project_agent.api import ProjectApi
+    from cocalc_hub.project_agent.conat_link import start_link
+    from cocalc_hub.project_agent.records import ProjectRecords, project_info
 
     project_id = env["COCALC_PROJECT_ID"]
     api = ProjectApi(project_id=project_id, home=home, jobs=jobs, started=started)

@@ -96,12 +96,12 @@ def warm_up() -> None:
     from twisted.internet import reactor  # noqa: F401
 
     import cocalc_hub.conat.client  # noqa: F401
-    import cocalc_hub.project.api  # noqa: F401
-    import cocalc_hub.project.conat_link  # noqa: F401
-    import cocalc_hub.project.jobs  # noqa: F401
-    import cocalc_hub.project.raw  # noqa: F401
-    import cocalc_hub.project.records  # noqa: F401
-    import cocalc_hub.project.server  # noqa: F401
+    import cocalc_hub.project_agent.api  # noqa: F401
+    import cocalc_hub.project_agent.conat_link  # noqa: F401
+    import cocalc_hub.project_agent.jobs  # noqa: F401
+    import cocalc_hub.project_agent.main  # noqa: F401
+    import cocalc_hub.project_agent.raw  # noqa: F401
+    import cocalc_hub.project_agent.records  # noqa: F401
 
     email.message.EmailMessage()["content-type"] = "application/json; charset=utf-8"
     mimetypes.init()
