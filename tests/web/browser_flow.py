@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Response, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -344,7 +344,19 @@ class Flow:
         self.shot(page, "dashboard-manage")
         card.get_by_role("button", name=re.compile("^Remove")).click()
         expect(card.locator(".collabs li")).to_have_count(1)
-        card.get_by_label("Title").fill("Web test")
+        title = card.get_by_label("Title")
+        title.fill("Web test")
+        # The dashboard polls the project list; a poll that lands after the user typed, once focus
+        # has left the field (as clicking Rename does), must keep what they typed.
+        def polled(response: Response) -> bool:
+            return "/api/v2/projects/get" in response.url and response.ok
+
+        with page.expect_response(polled):
+            title.blur()
+        with page.expect_response(polled):
+            pass  # the poller starts its next request only once the previous one was handled
+        kept = title.input_value()
+        assert kept == "Web test", f"a poll replaced the typed title with {kept!r}"
         card.get_by_role("button", name="Rename").click()
         expect(card.locator(".p-title")).to_have_text("Web test")
         self.report("manage", unknown_email_error=unknown, errors_shown=errors_shown)

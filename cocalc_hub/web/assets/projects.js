@@ -102,8 +102,14 @@ function dashboard(ui) {
       const shared = Boolean(project.group) && project.group !== "owner";
       card.querySelector(".shared").hidden = !shared;
       card.querySelector(".owner-only").hidden = shared;
+      // The title field follows the project's title until the user edits it: a poll that lands
+      // after they typed (focus may already be on the Rename button) must not put the old title back.
       const input = card.querySelector(".rename input");
-      if (document.activeElement !== input) input.value = project.title || "";
+      const synced = input.dataset.synced;
+      if (document.activeElement !== input && (synced === undefined || input.value === synced)) {
+        input.value = project.title || "";
+      }
+      input.dataset.synced = project.title || "";
       ui.renderState(card.querySelector(".state"), [...card.querySelectorAll(".actions button")], project.state);
       changing ||= ui.busy(project.state?.state);
     }
