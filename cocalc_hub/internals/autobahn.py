@@ -10,6 +10,9 @@ protocol decision; the conat transport takes the common case off its hands. It t
   falls back to it, and slices ``data`` itself.
 * ``current_frame`` (a frame being received), ``inside_message`` (a fragmented message
   under way) and ``state`` with ``STATE_OPEN``, ``STATE_CLOSING`` and ``STATE_CLOSED``.
+  ``state`` is also read directly by :mod:`cocalc_hub.conat.transport.engine` and
+  ``.client``, for every packet they send (an accessor here would cost a call per packet);
+  the constants come from here.
 * ``sendCloseFrame(code, reasonUtf8, isReply)``: sends a close frame (``state`` becomes
   ``STATE_CLOSING`` unless it is a reply); overridden to time the closing handshake.
 * ``dropConnection(abort)``.

@@ -18,7 +18,8 @@ from urllib.parse import quote, urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -27,6 +28,7 @@ from cocalc_hub.conat.transport.frames import masked_frame
 from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.session import PacketReader, read_open
 from cocalc_hub.internals.autobahn import STATE_OPEN, FastFrames
+from cocalc_hub.reactors import IReactorTimeTCP
 
 log = Logger()
 
@@ -232,7 +234,7 @@ class _Factory(WebSocketClientFactory):
 class SocketTransport:
     """A reconnecting Socket.IO connection to a conat server."""
 
-    def __init__(self, reactor: Any, address: str, *, cookies: dict[str, str] | None = None,
+    def __init__(self, reactor: IReactorTimeTCP, address: str, *, cookies: dict[str, str] | None = None,
                  headers: dict[str, str] | None = None, reconnect: bool = True, verify_tls: bool = True,
                  delay: float = 0.5, max_delay: float = 15.0, max_payload: int = 16_000_000) -> None:
         self.reactor = reactor
@@ -254,7 +256,7 @@ class SocketTransport:
         self.attempts = 0
         self._buffer: deque[tuple[str, list[Any], Callable[..., None] | None]] = deque()
         self._retry: IDelayedCall | None = None
-        self._connecting: Any = None
+        self._connecting: Deferred[Any] | None = None
 
     def start(self, owner: Owner) -> None:
         self.owner = owner
@@ -265,7 +267,7 @@ class SocketTransport:
         if self.closed:
             return
         factory = _Factory(self, self.url, self.headers)
-        endpoint: Any = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=20)
+        endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=20)
         if self.tls:
             from twisted.internet import ssl
 

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -129,7 +130,7 @@ class EngineProtocol(LeanServer):
     _pongs = 0
     _out: ReadBarriers | None = None
     _dirty = False
-    _tcp: Any = None
+    _tcp: tcp.Connection | None = None
     _unsent: list[bytes] | None = None
     """What the current read wrote, sent at its end (:mod:`.direct`)."""
     _paused = False
