@@ -17,7 +17,9 @@ Usage (in an ``async def`` run with ``ensureDeferred``)::
     async for msg in sub:
         print(msg.subject, msg.data)
 
-(Past the ~600-line guide: splitting request machinery from pub/sub is issue 15.)
+Request/reply (the inbox, requests waiting for their reply, ``request_many``, services)
+is in :mod:`.requests`, a mixin of :class:`Client`; this module holds the connection
+state, publishing and subscriptions.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -48,7 +51,9 @@ from cocalc_hub.conat.message import (
     random_id,
 )
 from cocalc_hub.conat.patterns import is_valid_subject, is_valid_subject_without_wildcards
+from cocalc_hub.conat.requests import RequestReply, _failed, _timeout
 from cocalc_hub.conat.transport.client import DISCONNECTED, SocketTransport
+from cocalc_hub.reactors import IReactorTimeTCP
 
 __all__ = ["JSON", "MSGPACK", "Client", "ConatError", "Message", "Replies", "Subscription", "connect", "decode",
            "encode"]
@@ -59,9 +64,7 @@ ID_BATCH = 256
 INBOX_ID_LENGTH = 22
 """Characters of an inbox's random part (62 symbols each: 131 bits). Every responder sees a
 requester's inbox, so what keeps a spoofed reply out is the randomness of the reply id."""
-REPLY_ID_HEX = 32
-"""Hex digits of a reply id (128 bits): nobody who has not seen a request can guess where
-its reply goes, even knowing the requester's inbox."""
+
 
 class _ServerSub:
     """One server-side subscription (a pattern), shared by local Subscription objects."""
@@ -75,10 +78,10 @@ class _ServerSub:
         self.partial: dict[Any, tuple[float, int, list[bytes]]] = {}
 
 
-class Client:
+class Client(RequestReply):
     """See the module docstring."""
 
-    def __init__(self, reactor: Any, transport: Transport, *, inbox_prefix: str | None = None) -> None:
+    def __init__(self, reactor: IReactorTime, transport: Transport, *, inbox_prefix: str | None = None) -> None:
         if inbox_prefix is not None and not inbox_prefix.startswith("_INBOX"):
             raise ValueError("the inbox prefix must start with _INBOX")
         self.reactor = reactor
@@ -245,15 +248,6 @@ class Client:
         log.warn("conat client: subscription to {p} lost: {e}", p=pattern, e=error)
         for listener in sub.listeners:
             listener._end(error)
-
-    def _inbox_ready(self) -> Deferred[str]:
-        if self.error is not None:
-            return _failed(self.error)
-        if self.inbox is not None and self.is_signed_in and not self._sync_running:
-            return succeed(self.inbox)
-        d: Deferred[str] = Deferred()
-        self._inbox_waiters.append(d)
-        return d
 
     # emitting ------------------------------------------------------------------------------------
 
@@ -475,165 +469,12 @@ class Client:
         for listener in list(server.listeners):
             listener._push(msg)
 
-    # request / reply -----------------------------------------------------------------------------
-
-    def request(self, subject: str, data: Any = None, *, raw: bytes | None = None, encoding: int = MSGPACK,
-                headers: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
-                wait_for_interest: bool = False) -> Deferred[Message]:
-        """Publish with a reply subject and return the first reply (503 if nobody listens)."""
-        if not wait_for_interest and self.inbox is not None and self.is_signed_in and not self._sync_running:
-            return self._quick_request(subject, data, raw, encoding, headers, timeout)
-        return ensureDeferred(self._request(subject, data, raw, encoding, headers, timeout, wait_for_interest))
-
-    def _quick_request(self, subject: str, data: Any, raw: bytes | None, encoding: int,
-                       headers: dict[str, Any] | None, timeout: float) -> Deferred[Message]:
-        """:meth:`request` once the inbox is live: the same answers as :meth:`_request`
-        with one timer and no coroutines (the path every persist command takes)."""
-        reply = f"{self.inbox}.{self._next_id(REPLY_ID_HEX)}"
-        try:
-            chunks = self._prepare(subject, data, raw, encoding, {**(headers or {}), "CN-Reply": reply})
-        except ConatError as e:
-            return _failed(e)
-        if not chunks:
-            return _failed(ConatError(f"request -- no subscribers matching '{subject}'", 503))
-
-        def cancel(d: Deferred[Message]) -> None:
-            if self.closed:
-                d.errback(ConatError("client is closed"))
-
-        answer: Deferred[Message] = Deferred(cancel)
-
-        def finish(result: Any) -> Any:
-            self._replies.pop(reply, None)
-            self._waiting_replies.discard(answer)
-            if timer.active():
-                timer.cancel()
-            return result
-
-        def got(msg: Message) -> None:
-            if not answer.called:
-                answer.callback(msg)
-
-        def acked(result: Any) -> None:
-            if answer.called:
-                return
-            if result is DISCONNECTED:
-                answer.errback(ConatError("socket has been disconnected"))
-                return
-            value = result[0] if isinstance(result, list) and result else result
-            if isinstance(value, dict) and value.get("error"):
-                answer.errback(self._publish_error(subject, value))
-            elif not (isinstance(value, dict) and value.get("count")):
-                answer.errback(ConatError(f"request -- no subscribers matching '{subject}'", 503))
-
-        def expired() -> None:
-            if not answer.called:
-                answer.errback(ConatError("timeout", 408))
-
-        timer = self.reactor.callLater(timeout, expired)
-        answer.addBoth(finish)
-        self._replies[reply] = got
-        self._waiting_replies.add(answer)
-        last = len(chunks) - 1
-        for i, chunk in enumerate(chunks):
-            # every chunk is acknowledged; the last one's count says whether anyone listens
-            self.transport.emit("publish", [chunk], acked if i == last else self._chunk_acked(answer, subject))
-        return answer
-
-    def _chunk_acked(self, answer: Deferred[Message], subject: str) -> Callable[[Any], None]:
-        def acked(result: Any) -> None:
-            value = result[0] if isinstance(result, list) and result else result
-            if not answer.called and isinstance(value, dict) and value.get("error"):
-                answer.errback(self._publish_error(subject, value))
-        return acked
-
     def _publish_error(self, subject: str, value: dict[str, Any]) -> ConatError:
         code = value.get("code")
         if code == 403:
             self._denied[("pub", subject)] = (self.reactor.seconds() + PERMISSION_CACHE,
                                               str(value["error"]).removeprefix("Error: "))
         return ConatError(str(value["error"]), code)
-
-    async def _request(self, subject: str, data: Any, raw: bytes | None, encoding: int,
-                       headers: dict[str, Any] | None, timeout: float, wait: bool) -> Message:
-        """:meth:`request` before the inbox is live, or with ``wait`` (nobody listening yet:
-        wait for interest, then send it once more if time is left, as upstream does)."""
-        start: float = self.reactor.seconds()
-
-        def left() -> float:
-            now: float = self.reactor.seconds()
-            return timeout - (now - start)
-
-        await self._inbox_ready()
-        try:
-            return await self._quick_request(subject, data, raw, encoding, headers, max(left(), 0.001))
-        except ConatError as e:
-            if not wait or e.code != 503:
-                raise
-            first = e
-        if left() > 0 and await self.wait_for_interest(subject, timeout=left()) and left() > 0.5:
-            return await self._quick_request(subject, data, raw, encoding, headers, left())
-        raise first
-
-    async def request_many(self, subject: str, data: Any = None, *, raw: bytes | None = None,
-                           encoding: int = MSGPACK, headers: dict[str, Any] | None = None,
-                           max_wait: float = DEFAULT_TIMEOUT, max_messages: int | None = None) -> Replies:
-        """Publish a request and iterate over every reply until ``max_messages`` or ``max_wait``."""
-        inbox = await self._inbox_ready()
-        reply = f"{inbox}.{self._next_id(REPLY_ID_HEX)}"
-        replies = Replies(self, reply, max_messages)
-        self._replies[reply] = replies._push
-        self._open_replies.add(replies)
-        try:
-            count = await self.publish(subject, data, raw=raw, encoding=encoding,
-                                       headers={**(headers or {}), "CN-Reply": reply}, timeout=max_wait)
-        except BaseException:
-            replies.close()
-            raise
-        if not count:
-            replies.close()
-            raise ConatError(f"requestMany -- no subscribers matching {subject}", 503)
-        replies._timer = self.reactor.callLater(max_wait, replies.close)
-        return replies
-
-    # services --------------------------------------------------------------------------------------
-
-    def service(self, subject: str, handler: Callable[[str, list[Any], Message], Any], *,
-                queue: str = "0") -> Deferred[Subscription]:
-        """Answer requests ``[name, args]`` with ``handler(name, args, msg)``'s result; an
-        exception becomes an ``error`` header (upstream's ``client.service``)."""
-
-        async def serve(msg: Message) -> None:
-            try:
-                request = msg.data
-                if not isinstance(request, list) or len(request) != 2 or not isinstance(request[0], str):
-                    raise ConatError("a service request is [name, args]")
-                name, args = request[0], request[1] if isinstance(request[1], list) else []
-                result = handler(name, args, msg)
-                if isinstance(result, Deferred) or hasattr(result, "__await__"):
-                    result = await result
-            except Exception as e:
-                error = {"error": f"Error: {e}"}
-                if isinstance(e, ConatError) and e.code is not None:
-                    error["code"] = e.code  # type: ignore[assignment]
-                else:
-                    if not isinstance(e, ConatError):
-                        log.failure("conat service {s}: {n} failed", s=subject, n=msg.subject)
-                if msg.is_request():
-                    await msg.respond(None, headers=error)
-                return
-            if msg.is_request():
-                await msg.respond(result)
-
-        return self.subscribe(subject, queue=queue, callback=lambda msg: ensureDeferred(serve(msg)))
-
-    async def call(self, subject: str, name: str, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """Call a service method; its ``error`` header is raised as a ConatError."""
-        reply = await self.request(subject, [name, list(args)], timeout=timeout)
-        headers = reply.header_map
-        if headers.get("error"):
-            raise ConatError(str(headers["error"]), headers.get("code"))
-        return reply.data
 
     # shutting down ----------------------------------------------------------------------------------
 
@@ -669,22 +510,7 @@ def default_inbox_prefix(user: Any) -> str:
     return "_INBOX"
 
 
-def _failed(error: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d
-
-
-def _timeout(d: Deferred[Any], seconds: float, reactor: Any, message: str) -> None:
-    def expire() -> None:
-        if not d.called:
-            d.errback(ConatError(message, 408))
-
-    timer = reactor.callLater(seconds, expire)
-    d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-
-
-def connect(reactor: Any, address: str, *, cookies: dict[str, str] | None = None,
+def connect(reactor: IReactorTimeTCP, address: str, *, cookies: dict[str, str] | None = None,
             inbox_prefix: str | None = None, **options: Any) -> Client:
     """A client of the conat server at ``address`` (``http[s]://host:port[/base]``)."""
     return Client(reactor, SocketTransport(reactor, address, cookies=cookies, **options), inbox_prefix=inbox_prefix)

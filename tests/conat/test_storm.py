@@ -15,7 +15,8 @@ from autobahn.websocket import protocol as autobahn_protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from cocalc_hub.conat.transport.engine import _HANDSHAKE_LEFTOVERS, EngineOptions, EngineProtocol
+from cocalc_hub.conat.transport.engine import EngineOptions, EngineProtocol
+from cocalc_hub.internals.autobahn import HANDSHAKE_LEFTOVERS
 from cocalc_hub.web.request import HubRequest
 from tests.conat.support import Recorder, open_session, serve_engine, ws_connect
 from tests.support import REPO, settings_for, start_hub, until
@@ -64,10 +65,10 @@ class EngineConnectionCostTests(unittest.TestCase):
         ws = await ws_connect(self, port)
         await open_session(ws)
         (proto,) = factory.connections
-        kept = {name: getattr(proto, name) for name in _HANDSHAKE_LEFTOVERS if getattr(proto, name) is not None}
+        kept = {name: getattr(proto, name) for name in HANDSHAKE_LEFTOVERS if getattr(proto, name) is not None}
         self.assertEqual(kept, {})
-        self.assertIn("http_request_data", _HANDSHAKE_LEFTOVERS)
-        self.assertIn("http_headers", _HANDSHAKE_LEFTOVERS)
+        self.assertIn("http_request_data", HANDSHAKE_LEFTOVERS)
+        self.assertIn("http_headers", HANDSHAKE_LEFTOVERS)
 
 
 class FrontDoorUpgradeTests(unittest.TestCase):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -50,7 +51,7 @@ class ConatSocket:
         self.on_request: Callable[[Message], Any] | None = None
         self.on_close: list[Callable[[str], None]] = []
         self.last_activity = self.reactor.seconds()
-        self._ping: Any = None
+        self._ping: IDelayedCall | None = None
         self._pinging = False
 
     # sending ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from cocalc_hub.conat.message import Message, Subscription
@@ -68,7 +69,7 @@ class SocketServer:
         self.keep_alive_timeout = keep_alive_timeout
         self.sockets: dict[str, ServerSocket] = {}
         self._subs: list[Subscription] = []
-        self._reaper: Any = None
+        self._reaper: IDelayedCall | None = None
         self.closed = False
 
     async def start(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
@@ -28,7 +29,7 @@ ACK_EVERY = 0.0  # acks are coalesced into one per reactor turn
 
 
 class Link(Protocol):
-    reactor: Any
+    reactor: IReactorTime
 
     def send_data(self, raw: bytes, encoding: int, headers: dict[str, Any]) -> None: ...
     def send_control(self, data: Any) -> Deferred[Message]: ...
@@ -45,7 +46,7 @@ class Sender:
         self.acked = 0
         self.ready = False
         self.queued: list[tuple[bytes, int, dict[str, Any]]] = []
-        self._resend: Any = None
+        self._resend: IDelayedCall | None = None
         self._delay = RESEND_FIRST
         self._stalled_since: float | None = None
 

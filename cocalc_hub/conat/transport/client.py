@@ -10,7 +10,6 @@ said ``41`` (a deliberate disconnect) or the owner closed it.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable
 from random import random
@@ -18,19 +17,21 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cocalc_hub.conat.transport import packets
-from cocalc_hub.conat.transport.frames import FastFrames, masked_frame
+from cocalc_hub.conat.transport.frames import masked_frame
 from cocalc_hub.conat.transport.packets import ProtocolError
+from cocalc_hub.conat.transport.session import PacketReader, read_open
+from cocalc_hub.internals.autobahn import STATE_OPEN, FastFrames
+from cocalc_hub.reactors import IReactorTimeTCP
 
 log = Logger()
 
-STATE_OPEN = WebSocketProtocol.STATE_OPEN
 DISCONNECTED = object()
 """Passed to ack callbacks whose answer will never come (the connection was lost)."""
 MAX_BUFFERED = 100_000
@@ -60,14 +61,14 @@ def conat_url(address: str) -> tuple[str, str, int, bool]:
     return url, host, port, tls
 
 
-class EngineClientProtocol(FastFrames, WebSocketClientProtocol):  # type: ignore[misc]
+class EngineClientProtocol(PacketReader, FastFrames, WebSocketClientProtocol):  # type: ignore[misc]
     _masked = False
     factory: _Factory
-    _pending: packets.Packet | None = None
     _liveness: IDelayedCall | None = None
     _timeout = 45.0
 
     def connectionMade(self) -> None:
+        self._pending = None
         super().connectionMade()
         self._arm(20.0)  # the WebSocket handshake, the open packet and the namespace connect
 
@@ -101,17 +102,10 @@ class EngineClientProtocol(FastFrames, WebSocketClientProtocol):  # type: ignore
             self._text(payload.decode("utf-8"))
 
     def _binary(self, payload: bytes) -> None:
-        pending = self._pending
-        if pending is None:
-            self._fail("binary frame without a packet announcing it")
-            return
-        pending.attachments.append(payload)
-        if len(pending.attachments) == pending.expected:
-            self._pending = None
-            try:
-                self._dispatch(packets.finish_binary(pending))
-            except ProtocolError as e:
-                self._fail(str(e))
+        try:
+            self.on_binary(payload)
+        except ProtocolError as e:
+            self._fail(str(e))
 
     def _text(self, text: str) -> None:
         try:
@@ -119,20 +113,13 @@ class EngineClientProtocol(FastFrames, WebSocketClientProtocol):  # type: ignore
                 raise ProtocolError("text frame while binary attachments are due")
             kind = text[:1]
             if kind == "4":
-                packet = packets.decode(text[1:])
-                if packet.expected:
-                    self._pending = packet
-                elif packet.type >= packets.BINARY_EVENT:
-                    self._dispatch(packets.finish_binary(packet))
-                else:
-                    self._dispatch(packet)
+                self.on_message(text[1:])
             elif kind == "2":
                 self._write_raw(masked_frame(0x1, b"3"))
                 self._arm(self._timeout)
             elif kind == "0":
-                opened = json.loads(text[1:])
-                interval = float(opened.get("pingInterval", 25000)) / 1000
-                self._timeout = interval + float(opened.get("pingTimeout", 20000)) / 1000
+                interval, timeout = read_open(text[1:])
+                self._timeout = interval + timeout
                 self._arm(self._timeout)
                 self._write_raw(masked_frame(0x1, b"40"))
             elif kind == "1":
@@ -182,8 +169,8 @@ class EngineClientProtocol(FastFrames, WebSocketClientProtocol):  # type: ignore
             if sent[0]:
                 return
             sent[0] = True
-            text, *binaries = packets.encode(packets.ACK, list(args), ack_id=ack_id)
-            self.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
+            text, binaries = packets.encode_parts(packets.ACK, list(args), ack_id=ack_id)
+            self.send_packet(text, binaries)
 
         return respond
 
@@ -212,8 +199,8 @@ class EngineClientProtocol(FastFrames, WebSocketClientProtocol):  # type: ignore
             ack_id = self._next_ack
             self._next_ack += 1
             self._acks[ack_id] = ack
-        text, *binaries = packets.encode(packets.EVENT, [event, *args], ack_id=ack_id)
-        self.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
+        text, binaries = packets.encode_parts(packets.EVENT, [event, *args], ack_id=ack_id)
+        self.send_packet(text, binaries)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._liveness is not None and self._liveness.active():
@@ -247,7 +234,7 @@ class _Factory(WebSocketClientFactory):
 class SocketTransport:
     """A reconnecting Socket.IO connection to a conat server."""
 
-    def __init__(self, reactor: Any, address: str, *, cookies: dict[str, str] | None = None,
+    def __init__(self, reactor: IReactorTimeTCP, address: str, *, cookies: dict[str, str] | None = None,
                  headers: dict[str, str] | None = None, reconnect: bool = True, verify_tls: bool = True,
                  delay: float = 0.5, max_delay: float = 15.0, max_payload: int = 16_000_000) -> None:
         self.reactor = reactor
@@ -269,7 +256,7 @@ class SocketTransport:
         self.attempts = 0
         self._buffer: deque[tuple[str, list[Any], Callable[..., None] | None]] = deque()
         self._retry: IDelayedCall | None = None
-        self._connecting: Any = None
+        self._connecting: Deferred[Any] | None = None
 
     def start(self, owner: Owner) -> None:
         self.owner = owner
@@ -280,7 +267,7 @@ class SocketTransport:
         if self.closed:
             return
         factory = _Factory(self, self.url, self.headers)
-        endpoint: Any = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=20)
+        endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=20)
         if self.tls:
             from twisted.internet import ssl
 

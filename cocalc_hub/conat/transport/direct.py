@@ -10,6 +10,10 @@ the end of the read with one ``send``; what the kernel does not take, and every 
 that is not that simple, goes through ``transport.write`` (and :func:`.flush.flush`).
 The engine hands its list to ``transport.write`` before anything else writes to the
 transport (autobahn's own frames), so the order of the bytes never changes.
+
+What this needs of Twisted's TCP connection beyond its interfaces (its buffer's state,
+its socket) is in :mod:`cocalc_hub.internals.twisted`, which :func:`idle` and
+:func:`send_now` come from.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 
 from twisted.internet import tcp
 
-from cocalc_hub.conat.transport.flush import flush
+from cocalc_hub.internals.twisted import idle, is_plain, send_now
+
+__all__ = ["idle", "plain_tcp", "send_now"]
 
 
 def plain_tcp(transport: Any) -> tcp.Connection | None:
@@ -27,28 +33,6 @@ def plain_tcp(transport: Any) -> tcp.Connection | None:
     front = getattr(transport, "front", None)
     if front is not None:
         transport = getattr(front, "transport", None)
-    if isinstance(transport, tcp.Connection) and not transport.TLS:
+    if isinstance(transport, tcp.Connection) and is_plain(transport):
         return transport
     return None
-
-
-def idle(conn: tcp.Connection | None) -> bool:
-    """Can bytes go straight to this connection's socket (open, TLS off, nothing buffered)?"""
-    return (conn is not None and bool(conn.connected) and not conn.disconnecting and not conn._writeDisconnected
-            and not conn._aborting and not conn.TLS and not conn._tempDataBuffer
-            and conn.offset == len(conn.dataBuffer))
-
-
-def send_now(conn: tcp.Connection | None, transport: Any, data: bytes) -> None:
-    """Send ``data`` on ``conn``'s socket now if it is :func:`idle`; what is left (all of
-    it otherwise) goes through ``transport.write`` and is flushed."""
-    sent = 0
-    if idle(conn):
-        assert conn is not None
-        try:
-            sent = conn.socket.send(data)
-        except OSError:
-            sent = 0  # would block, or the socket failed: Twisted's write path finds out
-    if sent < len(data):
-        transport.write(data[sent:] if sent else data)
-        flush(transport)

@@ -18,8 +18,10 @@ makes a broker spend most of its CPU in zlib for no gain on loopback or LAN link
 (upstream accepts it with a 1 GiB threshold and still pays for it). Declining is part
 of RFC 7692; clients then send plain frames.
 
-Small data frames take the fast path of :mod:`.frames`; autobahn does the handshake,
-control frames, fragments, large frames and every protocol decision.
+Small data frames take the fast path of :class:`~cocalc_hub.internals.autobahn.FastFrames`;
+autobahn does the handshake, control frames, fragments, large frames and every protocol
+decision. What the engine relies on in autobahn beyond its public API is in
+:mod:`cocalc_hub.internals.autobahn` (:class:`~cocalc_hub.internals.autobahn.LeanServer`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,10 @@ from typing import Any, Protocol, cast
 from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.util import peer2str
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.wamp.types import TransportDetails
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
@@ -44,19 +44,21 @@ from cocalc_hub.conat.transport import packets
 from cocalc_hub.conat.transport.barriers import PLAIN, ReadBarriers, Turns
 from cocalc_hub.conat.transport.direct import idle, plain_tcp, send_now
 from cocalc_hub.conat.transport.flush import flush
-from cocalc_hub.conat.transport.frames import FastFrames, frame, header
+from cocalc_hub.conat.transport.frames import frame, header
 from cocalc_hub.conat.transport.packets import ProtocolError
+from cocalc_hub.conat.transport.session import open_packet
 from cocalc_hub.conat.transport.socket import Handshake
+from cocalc_hub.internals.autobahn import (
+    CLOSE_PROTOCOL_ERROR,
+    STATE_CLOSED,
+    STATE_OPEN,
+    LeanServer,
+    settled_protocol,
+)
 
 log = Logger()
 
 MAX_PAYLOAD = 8_000_000
-STATE_OPEN = WebSocketProtocol.STATE_OPEN
-
-
-_HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers", "http_status_line",
-                        "http_request_params", "http_request_uri", "websocket_extensions", "websocket_protocols",
-                        "_wskey")
 
 
 def new_sid() -> str:
@@ -114,7 +116,7 @@ GONE = _Gone()
 
 
 @implementer(IPushProducer)
-class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
+class EngineProtocol(LeanServer):
     """One Engine.IO connection (WebSocket transport only); ``receiver`` gets its messages."""
 
     factory: EngineFactory
@@ -128,7 +130,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
     _pongs = 0
     _out: ReadBarriers | None = None
     _dirty = False
-    _tcp: Any = None
+    _tcp: tcp.Connection | None = None
     _unsent: list[bytes] | None = None
     """What the current read wrote, sent at its end (:mod:`.direct`)."""
     _paused = False
@@ -140,26 +142,6 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onConnect(self, request: ConnectionRequest) -> None:
         return None  # accept; no subprotocol, no extra headers
-
-    def connectionMade(self) -> None:
-        """autobahn's own, minus the TLS channel binding: behind the hub's front door the
-        transport is a shim over the TLS connection, from which autobahn cannot read the
-        channel id (it raised, so no wss:// client could connect); conat has no use for it."""
-        secure = ISSLTransport.providedBy(self.transport)
-        self._transport_details = TransportDetails(
-            channel_type=TransportDetails.CHANNEL_TYPE_TLS if secure else TransportDetails.CHANNEL_TYPE_TCP,
-            channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET, peer=peer2str(self.transport),  # type: ignore[arg-type]
-            is_server=True, is_secure=secure)
-        self.peer = self._transport_details.peer
-        self._connectionMade()
-
-    def _onOpen(self) -> None:
-        # What autobahn kept of the opening handshake (the request's bytes, headers, query,
-        # its response…) is not read again once the connection is open: ~2 KB of every idle
-        # connection. (What the hub needs of the request is in ``handshake``.)
-        for name in _HANDSHAKE_LEFTOVERS:
-            setattr(self, name, None)
-        self.onOpen()  # without the channel binding (see connectionMade)
 
     def onOpen(self) -> None:
         # autobahn tries to set TCP_NODELAY before its options are copied and fails silently.
@@ -181,9 +163,8 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         opts = self.factory.options
         self._out = ReadBarriers(self._write, self._send_ping, self.factory.turns, self._held_too_much,
                                  opts.max_backlog)
-        opened = {"sid": self.sid, "upgrades": [], "pingInterval": round(opts.ping_interval * 1000),
-                  "pingTimeout": round(opts.ping_timeout * 1000), "maxPayload": opts.max_payload}
-        self._write(frame(0x1, ("0" + packets.dumps(opened)).encode()))
+        opened = open_packet(self.sid, opts.ping_interval, opts.ping_timeout, opts.max_payload)
+        self._write(frame(0x1, opened.encode()))
         clock = self.factory.clock
         self._timer = clock.callLater(opts.ping_interval, self._ping)
         self._connect_timer = clock.callLater(opts.connect_timeout, self._no_connect)
@@ -248,18 +229,11 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         factory = self.factory
         factory.reading += 1
         try:
-            self._dataReceived(data)  # autobahn's dataReceived, minus a debug log it formats per read
+            self.parse_read(data)  # autobahn's dataReceived, minus a debug log it formats per read
         finally:
             factory.reading -= 1
             if not factory.reading:
                 factory.flush_written()
-
-    def onMessageEnd(self) -> None:
-        # Same as autobahn's, minus the per-message observer signal nobody listens to.
-        if not self.failedByMe:
-            data = self.message_data
-            self.onMessage(data[0] if len(data) == 1 else b"".join(data), self.message_is_binary)
-        self.message_data = None  # type: ignore[assignment]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -304,8 +278,7 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         self.factory.protocol_errors += 1
         self._closing_reason = "parse error"
         if self.state == STATE_OPEN:
-            self.sendCloseFrame(code=WebSocketProtocol.CLOSE_STATUS_CODE_PROTOCOL_ERROR,
-                                reasonUtf8=reason.encode()[:120])
+            self.send_close(CLOSE_PROTOCOL_ERROR, reason.encode()[:120])
         self._gone("parse error")
 
     # output (Sender) ---------------------------------------------------------------------
@@ -334,10 +307,6 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         held, self._unsent = self._unsent, None
         if held is not None and self.transport is not None:
             self.transport.write(b"".join(held))
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        self._release()  # autobahn's own frames (close, pong) come after what was written before them
-        super().sendData(data, sync, chopsize)
 
     def _held_too_much(self, n: int) -> None:
         log.warn("conat: dropping {peer}, which has not answered a ping with {n} bytes held for it",
@@ -388,8 +357,8 @@ class EngineProtocol(FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
         if abort:
             self.dropConnection(abort=True)
         elif self.state == STATE_OPEN:
-            self.sendCloseFrame(code=1000, isReply=False)
-        elif self.state != WebSocketProtocol.STATE_CLOSED:
+            self.send_close(1000)
+        elif self.state != STATE_CLOSED:
             self.dropConnection(abort=False)
 
     def pause_input(self) -> None:
@@ -428,7 +397,7 @@ class EngineFactory(WebSocketServerFactory):
 
     protocol = EngineProtocol  # type: ignore[assignment]
 
-    def __init__(self, handler: EngineHandler, clock: Any, options: EngineOptions | None = None) -> None:
+    def __init__(self, handler: EngineHandler, clock: IReactorTime, options: EngineOptions | None = None) -> None:
         super().__init__(server="cocalc-hub")  # the hub's Server header, not autobahn's name and version
         self.handler = handler
         self.clock = clock
@@ -454,12 +423,8 @@ class EngineFactory(WebSocketServerFactory):
         )
         self.noisy = False
 
-    # autobahn copies its ~40 settings from the factory into every new connection's
-    # ``__dict__`` and pretty-prints them for a debug line, whatever the log level: that was
-    # a third of the CPU of accepting a connection in a reconnect storm, and ~2 KB of each
-    # idle connection. As class attributes of a protocol class of this factory's own they
-    # are read the same way and stored once; with ``CONFIG_ATTRS`` empty autobahn has
-    # nothing to copy or print.
+    # autobahn's settings become class attributes of a protocol class of this factory's
+    # own (cocalc_hub.internals.autobahn.settled_protocol says why).
 
     def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
         super().setProtocolOptions(**options)
@@ -471,12 +436,7 @@ class EngineFactory(WebSocketServerFactory):
 
     def _settle_options(self) -> None:
         base: type[EngineProtocol] = type(self).protocol  # the class's, e.g. a subclass's own protocol
-        settings: dict[str, Any] = {"CONFIG_ATTRS": ()}
-        for name in base.CONFIG_ATTRS:
-            value = getattr(self, name)
-            # a function as a class attribute would become a method (perMessageCompressionAccept)
-            settings[name] = staticmethod(value) if callable(value) else value
-        self.protocol = cast("type[EngineProtocol]", type(base.__name__, (base,), settings))
+        self.protocol = cast("type[EngineProtocol]", settled_protocol(self, base))
 
     def buildProtocol(self, addr: Any) -> Any:
         proto: EngineProtocol = super().buildProtocol(addr)  # type: ignore[assignment]

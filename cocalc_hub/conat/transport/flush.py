@@ -9,34 +9,19 @@ writes to the socket at once. :func:`flush` sends a connection's buffered bytes 
 engine calls it for every connection it wrote to while handling one read, at the end of
 that read, so the packets one read produces still leave together.
 
-This is the one place that relies on Twisted beyond its interfaces: the TCP transport at
-the bottom of a connection's stack (under TLS and the front door's shim, each of which
-writes through at once) is a :class:`twisted.internet.tcp.Connection`, whose ``doWrite``
+This relies on Twisted beyond its interfaces: the TCP transport at the bottom of a
+connection's stack (under TLS and the front door's shim, each of which writes through at
+once) is a :class:`twisted.internet.tcp.Connection`, whose ``doWrite``
 (:class:`~twisted.internet.interfaces.IWriteDescriptor`) the reactor would otherwise call
-on its next poll. tests/conat/test_flush.py fails if that stops being so.
+on its next poll. That access lives in :mod:`cocalc_hub.internals.twisted`;
+tests/conat/test_flush.py and tests/internals/test_twisted.py fail if it stops being so.
 """
 
 from __future__ import annotations
 
-from twisted.internet import tcp
+from cocalc_hub.internals.twisted import flush, tcp_connection
 
+socket_transport = tcp_connection
+"""The TCP connection under a transport (itself, or a few ``.transport`` links down)."""
 
-def socket_transport(transport: object) -> tcp.Connection | None:
-    """The TCP connection under ``transport`` (itself, or a few ``.transport`` links down)."""
-    for _ in range(4):
-        if isinstance(transport, tcp.Connection):
-            return transport
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return None
-    return None
-
-
-def flush(transport: object) -> None:
-    """Send what is buffered for ``transport`` now, as far as the kernel takes it; the
-    rest stays buffered for the reactor, as before."""
-    conn = socket_transport(transport)
-    if conn is None or not conn.connected or conn.disconnecting:
-        return
-    if conn.doWrite() is not None:  # the socket failed: let Twisted tear it down as usual
-        conn.abortConnection()
+__all__ = ["flush", "socket_transport"]

@@ -160,6 +160,14 @@ def _fill(container: Any, buffers: list[bytes], left: list[int]) -> None:
 
 def encode(packet_type: int, data: Any = None, *, nsp: str = "/", ack_id: int | None = None) -> list[bytes | str]:
     """The WebSocket messages (text first, then binary attachments) for one Socket.IO packet."""
+    text, buffers = encode_parts(packet_type, data, nsp=nsp, ack_id=ack_id)
+    return [text, *buffers]
+
+
+def encode_parts(packet_type: int, data: Any = None, *, nsp: str = "/",
+                 ack_id: int | None = None) -> tuple[str, list[bytes]]:
+    """One Socket.IO packet as its text message and its binary attachments (what
+    :func:`encode` returns, apart)."""
     buffers: list[bytes] = []
     if packet_type in (BINARY_EVENT, BINARY_ACK):
         packet_type -= 3  # the binary type is chosen below, from the data
@@ -176,7 +184,7 @@ def encode(packet_type: int, data: Any = None, *, nsp: str = "/", ack_id: int | 
         out += str(ack_id)
     if data is not None:
         out += _dumps(data)
-    return [out, *buffers]
+    return out, buffers
 
 
 _HEAD = re.compile(r"([0-6])(?:([0-9]{1,3})-)?(/[^,]*(?:,|\Z))?([0-9]{1,15})?")

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from cocalc_hub.conat.transport import packets
 from cocalc_hub.conat.transport.engine import new_sid
 from cocalc_hub.conat.transport.packets import ProtocolError
+from cocalc_hub.conat.transport.session import PacketReader
 from cocalc_hub.conat.transport.socket import Ack, ConnectRefused, Handler, ServerSocket, nsp_part
 
 if TYPE_CHECKING:
@@ -52,13 +53,13 @@ class SocketIOServer:
         return SocketIOClient(self, engine)
 
 
-class SocketIOClient:
+class SocketIOClient(PacketReader):
     """The Socket.IO side of one Engine.IO connection (an Engine.IO message receiver).
 
     The root namespace's socket has an attribute of its own (``socket``): it is the only
     one conat uses, and its events take the shortest path."""
 
-    __slots__ = ("server", "engine", "socket", "others", "joining", "gone", "_pending")
+    __slots__ = ("server", "engine", "socket", "others", "joining", "gone")  # and PacketReader's
 
     def __init__(self, server: SocketIOServer, engine: EngineProtocol) -> None:
         self.server = server
@@ -72,25 +73,7 @@ class SocketIOClient:
 
     # Engine.IO messages ---------------------------------------------------------------
 
-    def on_message(self, text: str) -> None:
-        if self._pending is not None:
-            raise ProtocolError("text frame while binary attachments are due")
-        packet = packets.decode(text)
-        if packet.expected:
-            self._pending = packet
-        elif packet.type >= packets.BINARY_EVENT:
-            self._dispatch(packets.finish_binary(packet))
-        else:
-            self._dispatch(packet)
-
-    def on_binary(self, data: bytes) -> None:
-        pending = self._pending
-        if pending is None:
-            raise ProtocolError("binary frame without a packet announcing it")
-        pending.attachments.append(data)
-        if len(pending.attachments) == pending.expected:
-            self._pending = None
-            self._dispatch(packets.finish_binary(pending))
+    # ``on_message`` and ``on_binary`` are PacketReader's (as in the client).
 
     def on_close(self, reason: str) -> None:
         self.gone = True

@@ -110,8 +110,8 @@ class Ack:
                 socket.sender.send_packet(f"43{nsp_part(socket.nsp)}{self.id}[{packets.dumps(args[0])}]", [],
                                           None, order)
                 return
-            text, *binaries = packets.encode(packets.ACK, args, nsp=socket.nsp, ack_id=self.id)
-            socket.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)], None, order)
+            text, binaries = packets.encode_parts(packets.ACK, args, nsp=socket.nsp, ack_id=self.id)
+            socket.sender.send_packet(text, binaries, None, order)
 
     def raw(self, json_text: str) -> None:
         """Send an already encoded (JSON array) ack payload without attachments."""
@@ -158,8 +158,8 @@ class ServerSocket:
             ack_id = self._next_ack
             self._next_ack += 1
             self._acks[ack_id] = callback
-        text, *binaries = packets.encode(packets.EVENT, [event, *args], nsp=self.nsp, ack_id=ack_id)
-        self.sender.send_packet(str(text), [b for b in binaries if isinstance(b, bytes)])
+        text, binaries = packets.encode_parts(packets.EVENT, [event, *args], nsp=self.nsp, ack_id=ack_id)
+        self.sender.send_packet(text, binaries)
 
     def emit_raw(self, text: str, binary: bytes, flow: object = None, order: int = PLAIN) -> None:
         """Send a pre-encoded binary event (``451-[...]``) and its one attachment: the hot path.
