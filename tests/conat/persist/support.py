@@ -64,7 +64,8 @@ def make_postgres(case: unittest.TestCase, clock: Clock, schema: str, **kw: Any)
     """A backend on ``schema``, closed before the schema is dropped (trial runs cleanups,
     last added first, before tearDown)."""
     from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
+    from cocalc_hub.db.postgres import Connections
 
-    backend = PostgresBackend(PG_URL, reactor, clock.seconds, schema=schema, **kw)
+    backend = PostgresBackend(PG_URL, reactor, clock.seconds, pool=Connections, schema=schema, **kw)
     case.addCleanup(backend.close)
     return backend

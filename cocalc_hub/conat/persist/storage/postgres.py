@@ -37,7 +37,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from twisted.internet.defer import DeferredLock
@@ -51,7 +51,6 @@ from cocalc_hub.conat.persist.storage.common import Session, delete_event
 from cocalc_hub.conat.persist.storage.memory import memory_stream
 from cocalc_hub.conat.persist.storage.pg_listen import CHANNEL, Listener
 from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store, WorkerThreads
-from cocalc_hub.db.postgres import Connections
 
 log = Logger()
 T = TypeVar("T")
@@ -79,6 +78,21 @@ PRUNE_EVERY = 64  # delete ids between prunings of a stream's delete log
 SYNC_ROWS, SYNC_BYTES = 1000, 8_000_000  # at most this much per catch-up; the next one goes on
 SYNC_RETRY, SYNC_RETRY_MAX = 0.5, 30.0  # a failed catch-up is retried (doubling) after this
 LISTEN_RETRY = 0.05  # first listener reconnection delay, seconds (doubling; see pg_listen)
+
+
+class ConnectionPool(Protocol):
+    """psycopg connections shared by the backend's pool threads (called from them only): the
+    application's pool, e.g. :class:`cocalc_hub.db.postgres.Connections`. ``acquire`` raises
+    what the connect function raises; a broken connection is ``discard``-ed, not released."""
+
+    def acquire(self) -> psycopg.Connection[Any]: ...
+    def release(self, conn: psycopg.Connection[Any]) -> None: ...
+    def discard(self, conn: psycopg.Connection[Any]) -> None: ...
+    def close_all(self) -> None: ...
+
+
+PoolFactory = Callable[[Callable[[], psycopg.Connection[Any]]], ConnectionPool]
+"""Makes a :class:`ConnectionPool` from the function that opens one more connection."""
 
 
 def _message(row: Any) -> StoredMessage:
@@ -448,7 +462,7 @@ class PostgresBackend(OpenStreams, Backend):
 
     name = "postgres"
 
-    def __init__(self, dsn: str, reactor: Any, clock: Callable[[], float] | None = None, *,
+    def __init__(self, dsn: str, reactor: Any, clock: Callable[[], float] | None = None, *, pool: PoolFactory,
                  schema: str | None = None, threads: int = 4, connect_timeout: int = 10,
                  delete_log_seconds: float = DELETE_LOG_SECONDS, listen_retry: float = LISTEN_RETRY) -> None:
         if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
@@ -463,7 +477,7 @@ class PostgresBackend(OpenStreams, Backend):
         self.listen_retry = listen_retry
         self._threads = WorkerThreads(reactor, "cocalc-hub-persist-postgres", threads)
         self.run = self._threads.run
-        self._connections = Connections(self._connect)
+        self._connections = pool(self._connect)
         self._ready = False
         self._schema_lock = DeferredLock()
         self._by_key: dict[str, PgStream] = {}

@@ -1,4 +1,5 @@
-"""The ``--conat-persist`` part of a hub: a persist server as a MultiService child."""
+"""The ``--conat-persist`` part of a hub: a persist server (:mod:`cocalc_hub.conat.persist`) as a
+MultiService child, its storage chosen by the hub's settings."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def make_backend(settings: Settings, reactor: Any) -> Backend:
         return MemoryBackend(reactor)
     if settings.persist_storage == "postgres":
         from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
+        from cocalc_hub.db.postgres import Connections
 
-        return PostgresBackend(settings.persist_database, reactor)
+        return PostgresBackend(settings.persist_database, reactor, pool=Connections)
     from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
 
     return SqliteBackend(settings.sync_dir, reactor)
