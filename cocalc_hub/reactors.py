@@ -1,0 +1,15 @@
+"""Reactor types for annotations, where one object needs several of Twisted's interfaces.
+
+Twisted's interfaces are zope ones, so an intersection is an interface that extends them:
+a type for mypy (with mypy-zope) only. No reactor declares it and nothing checks
+``providedBy`` against it; any Twisted reactor provides every interface it extends.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+
+
+class IThreadPoolReactor(IReactorTime, IReactorCore, IReactorFromThreads):
+    """A reactor that runs blocking work in its own thread pools: timers, a shutdown trigger
+    that stops the pools, and ``callFromThread`` for results coming back."""
