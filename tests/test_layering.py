@@ -135,6 +135,16 @@ class ProjectAgentTests(unittest.TestCase):
         self.assertEqual(AGENT_EXCEPTIONS - found, set())
 
 
+class SharedSubjectsTests(unittest.TestCase):
+    def test_subjects_import_neither_side(self) -> None:
+        """cocalc_hub/subjects.py is shared by the hub and the project program: it imports
+        nothing of the package (so neither side reaches into the other through it)."""
+        path = PACKAGE / "subjects.py"
+        found = [f"subjects.py:{line}: imports {m}" for line, m in imports_of(path.read_text(), path)
+                 if m == "cocalc_hub" or m.startswith("cocalc_hub.")]
+        self.assertEqual(found, [])
+
+
 class DetectorTests(unittest.TestCase):
     """The checks above see every form of import."""
 
