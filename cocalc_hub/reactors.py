@@ -7,9 +7,14 @@ a type for mypy (with mypy-zope) only. No reactor declares it and nothing checks
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTCP, IReactorTime
 
 
 class IReactorTimeTCP(IReactorTime, IReactorTCP):
     """A clock that also connects over TCP: the conat client's transport (its timers and
     backoff, and a ``HostnameEndpoint`` to the broker)."""
+
+
+class IThreadPoolReactor(IReactorTime, IReactorCore, IReactorFromThreads):
+    """A reactor that runs blocking work in its own thread pools: timers, a shutdown trigger
+    that stops the pools, and ``callFromThread`` for results coming back."""

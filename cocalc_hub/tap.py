@@ -24,10 +24,11 @@ from cocalc_hub.auth.bootstrap import SETUP_PATH, AdminSetup, AdminSetupService
 from cocalc_hub.auth.secrets import read_or_create
 from cocalc_hub.auth.service import AuthParts, AuthService, build_auth
 from cocalc_hub.broker_link import BrokerLink
+from cocalc_hub.bus.gateway import HubConatNode
 from cocalc_hub.conat.broker import BrokerConfig
 from cocalc_hub.conat.client import Client, connect
 from cocalc_hub.conat.local import LocalTransport
-from cocalc_hub.conat.server import ConatServer, ConatService
+from cocalc_hub.conat.node import ConatService
 from cocalc_hub.db import StoreService, prepare_store
 from cocalc_hub.db.revocations import Revocation, RevocationFeed
 from cocalc_hub.options import Options  # noqa: F401  (twistd's ServiceMaker reads tap.Options)
@@ -73,7 +74,7 @@ class HubService(service.MultiService):
         self.auth: AuthParts | None = None
         self.projects: Projects | None = None
         self.proxy: Proxy | None = None
-        self.conat: ConatServer | None = None
+        self.conat: HubConatNode | None = None
         self.admin_setup: AdminSetup | None = None
         self.broker_link: BrokerLink | None = None
         self.handle_sighup = False
@@ -308,7 +309,7 @@ def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
     """What ``BASE_PATH/conat/`` is in a process without the broker: a splice to CONAT_SERVER."""
     if settings.conat_server:
         from cocalc_hub.auth.cookies import CookieNames
-        from cocalc_hub.conat.server import OriginCheck
+        from cocalc_hub.bus.gateway import OriginCheck
 
         names = CookieNames.for_base_path(settings.base_path, settings.remember_me_cookie_name)
         return ConatForwardResource(reactor, settings.conat_server, trust_proxy=settings.trust_proxy,
@@ -318,15 +319,15 @@ def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
     return ErrorResource(503, "This hub process does not run conat and CONAT_SERVER is not set.")
 
 
-def build_conat(settings: Settings, hub: HubService, reactor: Any) -> ConatServer:
+def build_conat(settings: Settings, hub: HubService, reactor: Any) -> HubConatNode:
     """The conat broker, signing clients in through the hub's authenticator."""
     assert hub.auth is not None and hub.projects is not None
     config = BrokerConfig(max_connections=settings.conat_max_connections,
                           max_connections_per_user=settings.conat_max_connections_per_user,
                           max_subscriptions_per_client=settings.conat_max_subscriptions_per_client,
                           max_subscriptions_per_hub=settings.conat_max_subscriptions_per_hub)
-    server = ConatServer(reactor, auth=hub.auth.auth, names=hub.auth.names, store=hub.store, config=config,
-                         trust_proxy=settings.trust_proxy, origins=origin_policy(settings))
+    server = HubConatNode(reactor, auth=hub.auth.auth, names=hub.auth.names, store=hub.store, config=config,
+                           trust_proxy=settings.trust_proxy, origins=origin_policy(settings))
     hub.projects.listeners.append(server.project_changed)
     return server
 
@@ -384,12 +385,12 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
         hub.broker_link = BrokerLink(settings.conat_server, hub.conat_client, reactor)
         hub.broker_link.setServiceParent(hub)
     if "conat-api" in settings.parts and hub.auth is not None and hub.projects is not None:
-        from cocalc_hub.conat.api import build_conat_api
+        from cocalc_hub.bus.api import build_conat_api
 
         # After the broker (started after it, stopped before it), before the web side.
         build_conat_api(hub.store, hub.auth.accounts, hub.projects, hub.conat_client, reactor).setServiceParent(hub)
     if "conat-persist" in settings.parts:
-        from cocalc_hub.conat.persist.service import PersistService
+        from cocalc_hub.bus.persist import PersistService
 
         # After the broker it uses (so stopped before it): streams are flushed and closed first.
         PersistService(settings, reactor, hub.conat_client).setServiceParent(hub)

@@ -23,6 +23,7 @@ from random import random
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.conat.connection import Connection, Interest, Routed, Subscription, Waiter, owns_reply
@@ -68,7 +69,7 @@ Authenticate = Callable[[Any], Awaitable[User | ConatError]]
 class Broker:
     """Interest, routing and the conat events; transports feed it connections."""
 
-    def __init__(self, reactor: Any, *, authenticate: Authenticate | None = None,
+    def __init__(self, reactor: IReactorTime, *, authenticate: Authenticate | None = None,
                  permissions: Permissions | None = None, config: BrokerConfig | None = None) -> None:
         self.reactor = reactor
         self.config = config or BrokerConfig()

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from cocalc_hub.auth.cookies import CookieNames
 from cocalc_hub.conat.client import Client, ConatError, connect
-from cocalc_hub.project_agent.subjects import api_subject, state_subject
+from cocalc_hub.subjects import api_subject, state_subject
 
 log = Logger()
 

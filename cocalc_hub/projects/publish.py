@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from cocalc_hub.conat.client import Client
 from cocalc_hub.conat.lazy import LazyClient
-from cocalc_hub.project_agent.subjects import state_subject
+from cocalc_hub.subjects import state_subject
 
 log = Logger()
 

@@ -259,6 +259,6 @@ def serve_engine(case: unittest.TestCase, handler: Any, options: EngineOptions |
 
 def sockets(broker: Any) -> list[Any]:
     """The broker's connections over WebSockets (not the hub's own in-process clients)."""
-    from cocalc_hub.conat.server import SocketConnection
+    from cocalc_hub.conat.node import SocketConnection
 
     return [c for c in broker.connections.values() if isinstance(c, SocketConnection)]

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from cocalc_hub.conat.server import handshake_from
+from cocalc_hub.bus.gateway import handshake_from
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineProtocol, EngineResource
 from cocalc_hub.conat.transport.sio import SocketIOServer
 from tests.conat.support import Recorder

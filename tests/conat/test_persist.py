@@ -16,8 +16,8 @@ from cocalc_hub.conat.permissions import HUB_USER, User, account_user
 from cocalc_hub.conat.persist.client import PersistClient
 from cocalc_hub.conat.persist.dstream import DKV, DStream
 from cocalc_hub.conat.persist.server import PersistServer, check_path, java_hash, server_for
-from cocalc_hub.conat.persist.storage.memory import MemoryBackend
-from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+from cocalc_hub.conat.persist.storage.memory import MemoryStorageBackend
+from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend
 from cocalc_hub.conat.socket import SocketClient
 from tests.support import settings_for, start_hub, until
 
@@ -65,7 +65,7 @@ class PersistCase(unittest.TestCase):
 
     def setUp(self) -> None:
         self.broker = Broker(reactor)
-        self.memory = MemoryBackend(reactor)
+        self.memory = MemoryStorageBackend(reactor)
         self.servers: list[PersistServer] = []
 
     async def start_server(self, backend: Any = None, **options: Any) -> PersistServer:
@@ -226,7 +226,7 @@ class CommandTests(PersistCase):
 
     async def test_a_restarted_server_is_found_again(self) -> None:
         root = Path(self.mktemp())
-        backends = [SqliteBackend(root, reactor), SqliteBackend(root, reactor)]
+        backends = [SqliteStorageBackend(root, reactor), SqliteStorageBackend(root, reactor)]
         for b in backends:
             self.addCleanup(lambda b=b: defer.ensureDeferred(b.close()))
         server = await self.start_server(backends[0])
@@ -328,7 +328,7 @@ class DStreamTests(PersistCase):
 class SqliteAndHubTests(PersistCase):
     async def test_sqlite_backend_keeps_streams_across_servers(self) -> None:
         root = Path(self.mktemp())
-        backend = SqliteBackend(root, reactor)
+        backend = SqliteStorageBackend(root, reactor)
         self.addCleanup(lambda: defer.ensureDeferred(backend.close()))
         server = await self.start_server(backend)
         p = await self.open(f"accounts/{A}/durable")
@@ -338,7 +338,7 @@ class SqliteAndHubTests(PersistCase):
         await server.close()
         self.servers.remove(server)
         self.assertTrue((root / "accounts" / A / "durable.db").is_file())
-        backend2 = SqliteBackend(root, reactor)
+        backend2 = SqliteStorageBackend(root, reactor)
         self.addCleanup(lambda: defer.ensureDeferred(backend2.close()))
         await self.start_server(backend2)
         p2 = await self.open(f"accounts/{A}/durable")

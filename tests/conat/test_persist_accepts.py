@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 
 from cocalc_hub.conat.message import MSGPACK, encode
 from cocalc_hub.conat.permissions import HUB_USER, account_user
-from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend
 from tests.conat.test_persist import A, PersistCase
 from tests.support import until
 
@@ -20,7 +20,7 @@ ODD = ["hub/back\\slash", "hub/..\\..\\escape", "hub/colon:star*q?", "hub/per%ce
 class AcceptsTests(PersistCase):
     async def sqlite(self) -> Path:
         root = Path(self.mktemp())
-        backend = SqliteBackend(root, reactor)
+        backend = SqliteStorageBackend(root, reactor)
         self.addCleanup(lambda: defer.ensureDeferred(backend.close()))
         await self.start_server(backend)
         return root

@@ -22,7 +22,7 @@ from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.message import MSGPACK, encode
 from cocalc_hub.conat.permissions import account_user
 from cocalc_hub.conat.persist.client import PersistClient
-from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend
 from tests.conat.test_persist import A, PersistCase
 from tests.support import settings_for, start_hub
 
@@ -99,7 +99,7 @@ class FeedBeforeReplyTests(PersistCase):
     async def test_sets_committed_together_reach_a_feed_in_one_write(self) -> None:
         """What still batches: sets committed in one transaction (SQLite's group commit) go
         to a feed in one write (the memory backend commits each set as it comes)."""
-        backend = SqliteBackend(Path(self.mktemp()), reactor)
+        backend = SqliteStorageBackend(Path(self.mktemp()), reactor)
         self.addCleanup(lambda: defer.ensureDeferred(backend.close()))
         writer, reader, events, _ = await self.open_pair(backend)
         await writer.set("first")

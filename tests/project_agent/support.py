@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cocalc_hub.conat.client import Subscription
-from cocalc_hub.project_agent.subjects import api_subject, state_subject
+from cocalc_hub.subjects import api_subject, state_subject
 from tests.members import MembersCase
 from tests.web.api_client import ApiClient
 

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import reactor
 
 from cocalc_hub.conat.client import ConatError, connect
-from cocalc_hub.project_agent.subjects import api_subject, project_subject, state_subject
+from cocalc_hub.subjects import api_subject, project_subject, state_subject
 from tests.project_agent.support import ProjectConatCase, seen
 
 

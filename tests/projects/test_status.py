@@ -17,7 +17,7 @@ from cocalc_hub.conat.client import Client
 from cocalc_hub.conat.local import LocalTransport
 from cocalc_hub.conat.persist.dstream import DKV
 from cocalc_hub.conat.persist.server import PersistServer
-from cocalc_hub.conat.persist.storage.memory import MemoryBackend
+from cocalc_hub.conat.persist.storage.memory import MemoryStorageBackend
 from cocalc_hub.projects.status import StatusRecorder
 from tests.support import until
 
@@ -29,7 +29,7 @@ class StatusRecorderTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.broker = Broker(reactor)
-        self.backend = MemoryBackend(reactor)
+        self.backend = MemoryStorageBackend(reactor)
         self.clock = task.Clock()
         self.server: PersistServer | None = None
         self.recorder = StatusRecorder(self.client, self.clock, grace=0)

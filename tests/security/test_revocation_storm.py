@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from cocalc_hub.auth.caller import Caller
 from cocalc_hub.auth.cookies import CookieNames
-from cocalc_hub.conat.server import ConatAuth
+from cocalc_hub.bus.gateway import ConatAuth
 from cocalc_hub.conat.transport.socket import Handshake
 from cocalc_hub.proxy.access import ProxyAccess
 

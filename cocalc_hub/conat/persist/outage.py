@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 log = Logger()
 
 
 class Outage:
-    def __init__(self, reactor: Any, what: str, *, first: float = 5.0, factor: float = 2.0,
+    def __init__(self, reactor: IReactorTime, what: str, *, first: float = 5.0, factor: float = 2.0,
                  maximum: float = 300.0, grace: float = 0.0) -> None:
         self.reactor = reactor
         self.what = what

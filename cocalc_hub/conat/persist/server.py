@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.message import Message, Subscription, random_id
-from cocalc_hub.conat.persist.storage.base import Backend, SetRequest, Stream
+from cocalc_hub.conat.persist.storage.base import SetRequest, StorageBackend, Stream
 from cocalc_hub.conat.socket import ServerSocket, SocketServer
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def _wait(d: Deferred[Any]) -> Deferred[None]:
     return out
 
 
-class Session:
+class PersistSession:
     """One client socket: its stream, its changefeed, its requests."""
 
     def __init__(self, server: PersistServer, sock: ServerSocket) -> None:
@@ -366,11 +366,11 @@ def _set_request(raw: Any, encoding: Any, headers: Any, params: dict[str, Any]) 
                       previous_seq=_int(params.get("previousSeq")), msg_id=msg_id)
 
 
-async def _set(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _set(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     return await stream.set(_set_request(msg.raw, msg.encoding, h.get("headers"), h))
 
 
-async def _set_many(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _set_many(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     items = msg.data
     if not isinstance(items, list):
         raise ConatError("setMany takes an array", 400)
@@ -388,7 +388,7 @@ async def _set_many(session: Session, stream: Stream, msg: Message, h: dict[str,
     return [_error_headers(r) if isinstance(r, ConatError) else next(results) for r in reqs]
 
 
-async def _delete(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _delete(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     seqs = h.get("seqs")
     if seqs is not None and (not isinstance(seqs, list) or not all(isinstance(s, int) for s in seqs)):
         raise ConatError("seqs must be a list of integers", 400)
@@ -396,22 +396,22 @@ async def _delete(session: Session, stream: Stream, msg: Message, h: dict[str, A
                                         all=bool(h.get("all")))}
 
 
-async def _config(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _config(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     config = h.get("config")
     if config is not None and not isinstance(config, dict):
         raise ConatError("config must be an object", 400)
     return await stream.config(config)
 
 
-async def _inventory(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _inventory(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     return await stream.inventory()
 
 
-async def _keys(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _keys(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     return await stream.keys()
 
 
-async def _get(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _get(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     key = h.get("key")
     if key is not None and not isinstance(key, str):
         raise ConatError("key must be a string", 400)
@@ -422,16 +422,16 @@ async def _get(session: Session, stream: Stream, msg: Message, h: dict[str, Any]
                                              "key": found.key})
 
 
-async def _changefeed(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _changefeed(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     session.start_changefeed()
     return "created"
 
 
-async def _sqlite(session: Session, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
+async def _sqlite(session: PersistSession, stream: Stream, msg: Message, h: dict[str, Any]) -> Any:
     raise ConatError("sqlite command not currently supported")
 
 
-COMMANDS: dict[str, Callable[[Session, Stream, Message, dict[str, Any]], Any]] = {
+COMMANDS: dict[str, Callable[[PersistSession, Stream, Message, dict[str, Any]], Any]] = {
     "set": _set, "setMany": _set_many, "delete": _delete, "config": _config, "inventory": _inventory,
     "keys": _keys, "get": _get, "changefeed": _changefeed, "sqlite": _sqlite,
 }
@@ -441,7 +441,7 @@ class PersistServer:
     """Serves ``<service>.*`` with id ``server_id`` out of ``ids``; answers the load balancer
     on ``<service>.*.id`` unless ``balancer`` is False."""
 
-    def __init__(self, client: Client, backend: Backend, *, server_id: str = "0",
+    def __init__(self, client: Client, backend: StorageBackend, *, server_id: str = "0",
                  ids: list[str] | None = None, service: str = "persist", balancer: bool = True,
                  max_per_user: int = MAX_PER_USER, max_global: int = MAX_GLOBAL,
                  changefeed_throttle: float = CHANGEFEED_THROTTLE) -> None:
@@ -457,7 +457,7 @@ class PersistServer:
         self.max_global = max_global
         self.changefeed_throttle = changefeed_throttle
         self.backend = backend
-        self.sessions: set[Session] = set()
+        self.sessions: set[PersistSession] = set()
         self.per_user: dict[str, int] = {}
         self.total = 0
         self.sockets = SocketServer(client, f"{service}.*", server_id, self.connected)
@@ -476,9 +476,9 @@ class PersistServer:
             msg.respond(server_for(scope, self.ids)).addErrback(lambda f: None)
 
     def connected(self, sock: ServerSocket) -> None:
-        self.sessions.add(Session(self, sock))
+        self.sessions.add(PersistSession(self, sock))
 
-    def admit(self, session: Session) -> None:
+    def admit(self, session: PersistSession) -> None:
         """The per-scope and global limits on open streams (429 as upstream)."""
         if self.per_user.get(session.scope, 0) >= self.max_per_user:
             raise ConatError(f"There is a per user limit of {self.max_per_user} persistent storage.   "
@@ -490,7 +490,7 @@ class PersistServer:
         self.total += 1
         session.counted = True
 
-    def release_slot(self, session: Session) -> None:
+    def release_slot(self, session: PersistSession) -> None:
         session.counted = False
         self.total -= 1
         left = self.per_user.get(session.scope, 1) - 1

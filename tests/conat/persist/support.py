@@ -10,11 +10,11 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from cocalc_hub.conat.persist.storage.base import Backend, SetRequest
+from cocalc_hub.conat.persist.storage.base import SetRequest, StorageBackend
 from tests.db.support import PG_URL, require_postgres
 
 if TYPE_CHECKING:
-    from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
+    from cocalc_hub.conat.persist.storage.postgres import PgStorageBackend
 
 START = 1_700_000_000.0  # fake clock start, seconds
 
@@ -29,16 +29,16 @@ def fake_clock() -> Clock:
     return clock
 
 
-def make_memory(case: unittest.TestCase, clock: Clock) -> Backend:
-    from cocalc_hub.conat.persist.storage.memory import MemoryBackend
+def make_memory(case: unittest.TestCase, clock: Clock) -> StorageBackend:
+    from cocalc_hub.conat.persist.storage.memory import MemoryStorageBackend
 
-    return MemoryBackend(reactor, clock.seconds)
+    return MemoryStorageBackend(reactor, clock.seconds)
 
 
-def make_sqlite(case: unittest.TestCase, clock: Clock, root: Path | None = None) -> Backend:
-    from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+def make_sqlite(case: unittest.TestCase, clock: Clock, root: Path | None = None) -> StorageBackend:
+    from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend
 
-    return SqliteBackend(root or Path(case.mktemp()), reactor, clock.seconds)
+    return SqliteStorageBackend(root or Path(case.mktemp()), reactor, clock.seconds)
 
 
 def _admin(sql: str) -> None:
@@ -60,11 +60,12 @@ async def pg_schema(case: unittest.TestCase) -> str:
     return schema
 
 
-def make_postgres(case: unittest.TestCase, clock: Clock, schema: str, **kw: Any) -> PostgresBackend:
+def make_postgres(case: unittest.TestCase, clock: Clock, schema: str, **kw: Any) -> PgStorageBackend:
     """A backend on ``schema``, closed before the schema is dropped (trial runs cleanups,
     last added first, before tearDown)."""
-    from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
+    from cocalc_hub.conat.persist.storage.postgres import PgStorageBackend
+    from cocalc_hub.db.postgres import Connections
 
-    backend = PostgresBackend(PG_URL, reactor, clock.seconds, schema=schema, **kw)
+    backend = PgStorageBackend(PG_URL, reactor, clock.seconds, pool=Connections, schema=schema, **kw)
     case.addCleanup(backend.close)
     return backend

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from zope.interface import provider
 
 from cocalc_hub.conat.persist.storage.base import Stream
-from cocalc_hub.conat.persist.storage.common import Session
-from cocalc_hub.conat.persist.storage.postgres import PgStream, PostgresBackend
+from cocalc_hub.conat.persist.storage.common import StorageSession
+from cocalc_hub.conat.persist.storage.postgres import PgStorageBackend, PgStream
 from tests.conat.persist.support import _admin, fake_clock, make_postgres, pg_schema, req
 from tests.support import WAIT, settle, until
 
@@ -86,13 +86,13 @@ class NotifyTests(unittest.TestCase):
             self.assertLessEqual(set(by_seq) - set(set_seqs(h)), gone)
             self.assertEqual(view(h), view(hs[0]))
 
-    async def backends(self, n: int, **kw: Any) -> list[PostgresBackend]:
+    async def backends(self, n: int, **kw: Any) -> list[PgStorageBackend]:
         """``n`` instances on one schema, each with its own pool and listener (as n hubs)."""
         self.clock = fake_clock()
         schema = await pg_schema(self)
         return [make_postgres(self, self.clock, schema, **kw) for _ in range(n)]
 
-    async def open(self, backend: PostgresBackend) -> tuple[Stream, Events]:
+    async def open(self, backend: PgStorageBackend) -> tuple[Stream, Events]:
         stream = await backend.open(PATH)
         events: Events = []
         stream.add_listener(events.extend)
@@ -159,7 +159,7 @@ class NotifyTests(unittest.TestCase):
         reading, release = threading.Event(), threading.Event()
         catch_up = stream._catch_up
 
-        def held(s: Session) -> Any:
+        def held(s: StorageSession) -> Any:
             result = catch_up(s)
             if not reading.is_set():
                 reading.set()
@@ -170,7 +170,7 @@ class NotifyTests(unittest.TestCase):
         self.addCleanup(release.set)  # before the backends close (cleanups run last added first)
         return reading, release
 
-    def held_reconnection(self, backend: PostgresBackend) -> threading.Event:
+    def held_reconnection(self, backend: PgStorageBackend) -> threading.Event:
         """The backend's listener connects again only once the test sets the returned event."""
         allowed = threading.Event()
         connect = backend.listen_connection
@@ -183,7 +183,7 @@ class NotifyTests(unittest.TestCase):
         self.addCleanup(allowed.set)
         return allowed
 
-    def heard(self, backend: PostgresBackend) -> list[int]:
+    def heard(self, backend: PgStorageBackend) -> list[int]:
         """The last_seq of every notification the backend's listener hands over, as they come."""
         seqs: list[int] = []
         notified = backend.notified

@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend, stream_file
+from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend, stream_file
 from tests.conat.persist.support import START, fake_clock, make_sqlite, req
 from tests.support import REPO
 
@@ -34,9 +34,9 @@ class SqliteTests(unittest.TestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
-    def backend(self) -> SqliteBackend:
+    def backend(self) -> SqliteStorageBackend:
         b = make_sqlite(self, self.clock, self.root)
-        assert isinstance(b, SqliteBackend)
+        assert isinstance(b, SqliteStorageBackend)
         self.addCleanup(b.close)
         return b
 
@@ -171,7 +171,7 @@ class SqliteTests(unittest.TestCase):
         out.close()
         self.assertEqual(proc.returncode, -signal.SIGKILL)
         self.assertGreaterEqual(len(acked), 3000)
-        backend = SqliteBackend(root, reactor)
+        backend = SqliteStorageBackend(root, reactor)
         self.addCleanup(backend.close)
         s = await backend.open("hub/durable")
         stored = {m.seq for batch in [b async for b in s.get_all()] for m in batch}
@@ -217,7 +217,7 @@ class FileNameTests(unittest.TestCase):
     async def test_opened_odd_paths_write_only_inside_the_root(self) -> None:
         base = Path(self.mktemp()).resolve()
         root = base / "root"
-        backend = SqliteBackend(root, reactor)
+        backend = SqliteStorageBackend(root, reactor)
         self.addCleanup(backend.close)
         paths = ["hub/..\\..\\escape", "..\\..\\escape", "hub/a\\..\\..\\..\\b", "hub/" + "\\.." * 300, "hub/%2F"]
         for path in paths:

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
+from cocalc_hub.conat.persist.storage.base import StorageBackend, StoredMessage, Stream
 from cocalc_hub.conat.persist.storage.common import DEFAULTS, EPHEMERAL_MAX_BYTES
 from tests.conat.persist.support import (
     START,
@@ -28,7 +28,7 @@ class StorageTests:
 
     persistent = True
 
-    async def new_backend(self) -> Backend:
+    async def new_backend(self) -> StorageBackend:
         raise NotImplementedError
 
     async def setUp(self) -> None:
@@ -415,19 +415,19 @@ class StorageTests:
 class MemoryStorageTests(StorageTests, unittest.TestCase):
     persistent = False
 
-    async def new_backend(self) -> Backend:
+    async def new_backend(self) -> StorageBackend:
         return make_memory(self, self.clock)
 
 
 class SqliteStorageTests(StorageTests, unittest.TestCase):
-    async def new_backend(self) -> Backend:
+    async def new_backend(self) -> StorageBackend:
         if not hasattr(self, "root"):
             self.root = Path(self.mktemp())
         return make_sqlite(self, self.clock, self.root)
 
 
 class PostgresStorageTests(StorageTests, unittest.TestCase):
-    async def new_backend(self) -> Backend:
+    async def new_backend(self) -> StorageBackend:
         if not hasattr(self, "schema"):
             self.schema = await pg_schema(self)
         return make_postgres(self, self.clock, self.schema)

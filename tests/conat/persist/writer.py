@@ -8,11 +8,11 @@ from pathlib import Path
 from twisted.internet import defer, task
 
 from cocalc_hub.conat.persist.storage.base import SetRequest
-from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend
 
 
 async def main(reactor: object, root: str) -> None:
-    backend = SqliteBackend(Path(root), reactor)
+    backend = SqliteStorageBackend(Path(root), reactor)
     stream = await backend.open("hub/durable")
     print("ready", flush=True)
     n = 0

@@ -109,7 +109,7 @@ class Stream(ABC):
         """Release the stream (storage is closed when the last opener closes it)."""
 
 
-class Backend(ABC):
+class StorageBackend(ABC):
     """Opens streams by path; owns whatever threads/connections they need."""
 
     name: str

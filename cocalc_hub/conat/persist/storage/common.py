@@ -1,7 +1,7 @@
 """Semantics shared by every backend (spec §6.5): configuration, request validation, the
 msgID dedup cache, limit enforcement and changefeed events.
 
-Backends only provide a :class:`Session` (synchronous primitives inside one transaction);
+Backends only provide a :class:`StorageSession` (synchronous primitives inside one transaction);
 everything that decides *what* to store, delete or reject lives here, so the three backends
 cannot drift apart.
 """
@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
 _INT_FIELDS = ("max_msgs", "max_age", "max_bytes", "max_msg_size", "max_bytes_per_second", "max_msgs_per_second")
 
 
-class Session(Protocol):
+class StorageSession(Protocol):
     """Primitives of one stream inside one open transaction (called off the reactor thread
     for SQLite/PostgreSQL). Times are ms since the epoch."""
 
@@ -164,7 +164,7 @@ def effective(stored: dict[str, Any], ephemeral: bool) -> Config:
     return Config(**values)
 
 
-def apply_config(s: Session, partial: dict[str, Any], ephemeral: bool,
+def apply_config(s: StorageSession, partial: dict[str, Any], ephemeral: bool,
                  now_ms: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Store the changed fields, enforce the (new) limits; returns (full config, events)."""
     stored = from_db(s.read_config())
@@ -177,7 +177,7 @@ def apply_config(s: Session, partial: dict[str, Any], ephemeral: bool,
     return cfg.as_dict(), ([delete_event(deleted)] if deleted else [])
 
 
-def limits_of(s: Session) -> dict[str, Any]:
+def limits_of(s: StorageSession) -> dict[str, Any]:
     """Non-default stored fields (``inventory.limits``)."""
     stored = from_db(s.read_config())
     return {f: v for f, v in stored.items() if v != DEFAULTS[f]}
@@ -235,7 +235,7 @@ def _reject(message: str) -> ConatError:
     return ConatError(message, "reject")
 
 
-def enforce_limits(s: Session, cfg: Config, now_ms: float, incoming: int | None) -> list[int]:
+def enforce_limits(s: StorageSession, cfg: Config, now_ms: float, incoming: int | None) -> list[int]:
     """Trim (or reject, under discard_policy 'new') so a message of ``incoming`` bytes fits;
     ``incoming=None`` means only trimming (after a config change). Returns deleted seqs."""
     deleted: list[int] = []
@@ -281,7 +281,8 @@ def enforce_limits(s: Session, cfg: Config, now_ms: float, incoming: int | None)
     return deleted
 
 
-def apply_set(s: Session, cfg: Config, req: SetRequest, now_ms: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def apply_set(s: StorageSession, cfg: Config, req: SetRequest,
+              now_ms: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Store one validated message; returns ({seq, time}, events). May write before raising,
     so callers run it inside a savepoint when ``needs_savepoint``."""
     current = s.seq_of_key(req.key) if req.key is not None else None
@@ -323,7 +324,7 @@ def needs_savepoint(cfg: Config, req: SetRequest) -> bool:
     return req.key is not None or cfg.trims()
 
 
-def apply_sets(s: Session, reqs: list[SetRequest], now_ms: float,
+def apply_sets(s: StorageSession, reqs: list[SetRequest], now_ms: float,
                ephemeral: bool) -> list[tuple[dict[str, Any], list[dict[str, Any]]] | ConatError]:
     """A group commit: each request succeeds or fails alone (savepoints), in one transaction."""
     cfg = effective(from_db(s.read_config()), ephemeral)

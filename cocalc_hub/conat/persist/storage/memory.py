@@ -1,5 +1,5 @@
 """In-memory backend: ephemeral streams (upstream's in-memory SQLite), and the reference
-implementation of :class:`~.common.Session` for tests."""
+implementation of :class:`~.common.StorageSession` for tests."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 
-from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
-from cocalc_hub.conat.persist.storage.common import Session
-from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Runner, Store
+from cocalc_hub.conat.persist.storage.base import StorageBackend, StoredMessage, Stream
+from cocalc_hub.conat.persist.storage.common import StorageSession
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Runner, StreamStore
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ class _Row:
         return StoredMessage(self.seq, self.time_ms, self.key, self.encoding, self.raw, headers, self.ttl)
 
 
-class MemoryStore(Store, Session):
+class MemoryStreamStore(StreamStore, StorageSession):
     """Rows in seq order plus a key index; an undo log gives transactions and savepoints."""
 
     def __init__(self) -> None:
@@ -45,9 +46,9 @@ class MemoryStore(Store, Session):
         self._undo: list[Callable[[], None]] = []
         self._marks: list[int] = []
 
-    # -- Store ------------------------------------------------------------------------------------
+    # -- StreamStore ------------------------------------------------------------------------------
 
-    def transact(self, fn: Callable[[Session], T], *, write: bool) -> T:
+    def transact(self, fn: Callable[[StorageSession], T], *, write: bool) -> T:
         self._undo, self._marks = [], []
         try:
             return fn(self)
@@ -65,7 +66,7 @@ class MemoryStore(Store, Session):
         while len(self._undo) > mark:
             self._undo.pop()()
 
-    # -- Session ----------------------------------------------------------------------------------
+    # -- StorageSession ---------------------------------------------------------------------------
 
     def savepoint(self) -> None:
         self._marks.append(len(self._undo))
@@ -197,7 +198,7 @@ def inline(fn: Callable[[], Any]) -> Deferred[Any]:
 
 
 def memory_stream(path: str, ephemeral: bool, clock: Callable[[], float],
-                  on_close: Callable[[QueuedStream], None], reactor: Any = None) -> QueuedStream:
+                  on_close: Callable[[QueuedStream], None], reactor: IReactorTime | None = None) -> QueuedStream:
     """A stream held in memory (also what the other backends use for ephemeral streams).
 
     Operations run inline, except while the stream has a changefeed that batches (a listener
@@ -206,10 +207,10 @@ def memory_stream(path: str, ephemeral: bool, clock: Callable[[], float],
     group and reach each changefeed in one message rather than one each; every change must
     reach the changefeeds before its writer's answer, so without this no batching is left."""
     turn_end = None if reactor is None else _at_turn_end(reactor)
-    return QueuedStream(path, ephemeral, MemoryStore(), inline, clock, on_close, feed_runner=turn_end)
+    return QueuedStream(path, ephemeral, MemoryStreamStore(), inline, clock, on_close, feed_runner=turn_end)
 
 
-def _at_turn_end(reactor: Any) -> Runner:
+def _at_turn_end(reactor: IReactorTime) -> Runner:
     def run(fn: Callable[[], Any]) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         reactor.callLater(0, lambda: maybeDeferred(fn).chainDeferred(d))
@@ -218,12 +219,12 @@ def _at_turn_end(reactor: Any) -> Runner:
     return run
 
 
-class MemoryBackend(OpenStreams, Backend):
+class MemoryStorageBackend(OpenStreams, StorageBackend):
     """Streams that live as long as they are open."""
 
     name = "memory"
 
-    def __init__(self, reactor: Any, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, reactor: IReactorTime, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.clock: Callable[[], float] = clock or reactor.seconds

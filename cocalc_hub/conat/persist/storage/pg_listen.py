@@ -14,6 +14,8 @@ import psycopg
 from psycopg import pq
 from twisted.logger import Logger
 
+from cocalc_hub.reactors import IThreadPoolReactor
+
 log = Logger()
 
 CHANNEL = "cocalc_persist"
@@ -23,7 +25,7 @@ IDLE_CHECK = 30.0  # seconds without traffic before the listener checks its conn
 
 
 class ListenerOwner(Protocol):
-    reactor: Any
+    reactor: IThreadPoolReactor
 
     def listen_connection(self) -> psycopg.Connection[Any]: ...
     def notified(self, payloads: list[str]) -> None: ...

@@ -37,7 +37,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from twisted.internet.defer import DeferredLock
@@ -46,12 +46,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
-from cocalc_hub.conat.persist.storage.common import Session, delete_event
+from cocalc_hub.conat.persist.storage.base import StorageBackend, StoredMessage, Stream
+from cocalc_hub.conat.persist.storage.common import StorageSession, delete_event
 from cocalc_hub.conat.persist.storage.memory import memory_stream
 from cocalc_hub.conat.persist.storage.pg_listen import CHANNEL, Listener
-from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store, WorkerThreads
-from cocalc_hub.db.postgres import Connections
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, StreamStore, WorkerThreads
+from cocalc_hub.reactors import IThreadPoolReactor
 
 log = Logger()
 T = TypeVar("T")
@@ -81,6 +81,21 @@ SYNC_RETRY, SYNC_RETRY_MAX = 0.5, 30.0  # a failed catch-up is retried (doubling
 LISTEN_RETRY = 0.05  # first listener reconnection delay, seconds (doubling; see pg_listen)
 
 
+class ConnectionPool(Protocol):
+    """psycopg connections shared by the backend's pool threads (called from them only): the
+    application's pool, e.g. :class:`cocalc_hub.db.postgres.Connections`. ``acquire`` raises
+    what the connect function raises; a broken connection is ``discard``-ed, not released."""
+
+    def acquire(self) -> psycopg.Connection[Any]: ...
+    def release(self, conn: psycopg.Connection[Any]) -> None: ...
+    def discard(self, conn: psycopg.Connection[Any]) -> None: ...
+    def close_all(self) -> None: ...
+
+
+PoolFactory = Callable[[Callable[[], psycopg.Connection[Any]]], ConnectionPool]
+"""Makes a :class:`ConnectionPool` from the function that opens one more connection."""
+
+
 def _message(row: Any) -> StoredMessage:
     seq, key, t, headers, encoding, raw, ttl = row
     return StoredMessage(int(seq), float(t), key, int(encoding), bytes(raw),
@@ -95,7 +110,7 @@ def _changefeed_events(result: Any) -> Events:
     return [e for item in result if isinstance(item, tuple) for e in item[1]]
 
 
-class PgSession(Session):
+class PgSession(StorageSession):
     """One stream's view of one transaction."""
 
     def __init__(self, cur: psycopg.Cursor[Any], path: str, last_seq: int | None) -> None:
@@ -227,16 +242,16 @@ class PgSession(Session):
         return [int(r[0]) for r in rows]
 
 
-class PostgresStore(Store):
-    def __init__(self, backend: PostgresBackend, path: str, stream: PgStream) -> None:
+class PgStreamStore(StreamStore):
+    def __init__(self, backend: PgStorageBackend, path: str, stream: PgStream) -> None:
         self.backend = backend
         self.path = path
         self.stream = stream
 
-    def transact(self, fn: Callable[[Session], T], *, write: bool) -> T:
+    def transact(self, fn: Callable[[StorageSession], T], *, write: bool) -> T:
         return self.backend.with_connection(lambda conn: self._transact(conn, fn, write))
 
-    def _transact(self, conn: psycopg.Connection[Any], fn: Callable[[Session], T], write: bool) -> T:
+    def _transact(self, conn: psycopg.Connection[Any], fn: Callable[[StorageSession], T], write: bool) -> T:
         with conn.transaction(), conn.cursor() as cur:
             if not write:
                 return fn(PgSession(cur, self.path, None))
@@ -294,7 +309,7 @@ class PgStream(QueuedStream):
     them in a worker thread while it is the stream's only running operation. Listeners may hold
     no seq <= ``_floor`` (it is below the first row when the stream was opened)."""
 
-    def __init__(self, backend: PostgresBackend, path: str) -> None:
+    def __init__(self, backend: PgStorageBackend, path: str) -> None:
         self.key = backend.key_of(path)
         self._backend = backend
         self.cursor: Cursor | None = None  # None until the first catch-up reads it
@@ -307,7 +322,7 @@ class PgStream(QueuedStream):
         self._notice: Cursor | None = None  # notified while an operation ran
         self._retry: IDelayedCall | None = None
         self._retry_delay = SYNC_RETRY
-        super().__init__(path, False, PostgresStore(backend, path, self), backend.run, backend.clock, backend.forget)
+        super().__init__(path, False, PgStreamStore(backend, path, self), backend.run, backend.clock, backend.forget)
         self.wake()  # the first catch-up only reads the cursor
 
     def committed(self, start: Cursor, end: Cursor) -> None:
@@ -340,7 +355,7 @@ class PgStream(QueuedStream):
         d = self._run(lambda s, now: (self._catch_up(s), []), write=False)
         d.addCallbacks(self._synced, self._sync_failed)
 
-    def _catch_up(self, s: Session) -> _CatchUp:
+    def _catch_up(self, s: StorageSession) -> _CatchUp:
         """(worker thread) What was committed past the cursor, up to the first held write."""
         assert isinstance(s, PgSession)
         state, cur = s.state(), self.cursor
@@ -443,13 +458,13 @@ class PgStream(QueuedStream):
         await super().shutdown()
 
 
-class PostgresBackend(OpenStreams, Backend):
+class PgStorageBackend(OpenStreams, StorageBackend):
     """Streams in PostgreSQL tables (created if missing; in ``schema`` if given)."""
 
     name = "postgres"
 
-    def __init__(self, dsn: str, reactor: Any, clock: Callable[[], float] | None = None, *,
-                 schema: str | None = None, threads: int = 4, connect_timeout: int = 10,
+    def __init__(self, dsn: str, reactor: IThreadPoolReactor, clock: Callable[[], float] | None = None, *,
+                 pool: PoolFactory, schema: str | None = None, threads: int = 4, connect_timeout: int = 10,
                  delete_log_seconds: float = DELETE_LOG_SECONDS, listen_retry: float = LISTEN_RETRY) -> None:
         if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
             raise ValueError(f"invalid schema name {schema!r}")
@@ -463,7 +478,7 @@ class PostgresBackend(OpenStreams, Backend):
         self.listen_retry = listen_retry
         self._threads = WorkerThreads(reactor, "cocalc-hub-persist-postgres", threads)
         self.run = self._threads.run
-        self._connections = Connections(self._connect)
+        self._connections = pool(self._connect)
         self._ready = False
         self._schema_lock = DeferredLock()
         self._by_key: dict[str, PgStream] = {}

@@ -20,10 +20,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.persist.storage.base import Backend, StoredMessage, Stream
-from cocalc_hub.conat.persist.storage.common import Session
+from cocalc_hub.conat.persist.storage.base import StorageBackend, StoredMessage, Stream
+from cocalc_hub.conat.persist.storage.common import StorageSession
 from cocalc_hub.conat.persist.storage.memory import memory_stream
-from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, Store, WorkerThreads
+from cocalc_hub.conat.persist.storage.stream import OpenStreams, QueuedStream, StreamStore, WorkerThreads
+from cocalc_hub.reactors import IThreadPoolReactor
 
 log = Logger()
 T = TypeVar("T")
@@ -64,14 +65,14 @@ def _message(row: Any) -> StoredMessage:
                          None if headers is None else json.loads(headers), None if ttl is None else int(ttl))
 
 
-class SqliteStore(Store, Session):
+class SqliteStreamStore(StreamStore, StorageSession):
     """One stream file; used by one thread at a time (the stream queue guarantees it)."""
 
     def __init__(self, file: Path) -> None:
         self.file = file
         self.conn = open_checked(file)
 
-    def transact(self, fn: Callable[[Session], T], *, write: bool) -> T:
+    def transact(self, fn: Callable[[StorageSession], T], *, write: bool) -> T:
         self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = fn(self)
@@ -291,12 +292,12 @@ def stream_file(root: Path, path: str) -> Path:
     return file
 
 
-class SqliteBackend(OpenStreams, Backend):
+class SqliteStorageBackend(OpenStreams, StorageBackend):
     """Streams as SQLite files under ``root``; ephemeral streams stay in memory."""
 
     name = "sqlite"
 
-    def __init__(self, root: Path, reactor: Any, clock: Callable[[], float] | None = None,
+    def __init__(self, root: Path, reactor: IThreadPoolReactor, clock: Callable[[], float] | None = None,
                  *, threads: int = 4) -> None:
         super().__init__()
         self.root = Path(root)
@@ -319,7 +320,7 @@ class SqliteBackend(OpenStreams, Backend):
         d: Deferred[QueuedStream] = Deferred()
         self._opening[path] = d
         try:
-            store: SqliteStore = await self._run(lambda: SqliteStore(file))
+            store: SqliteStreamStore = await self._run(lambda: SqliteStreamStore(file))
         except BaseException as e:
             del self._opening[path]
             d.errback(e)

@@ -1,6 +1,6 @@
 """The one Stream implementation: an operation queue per stream with group commit.
 
-Backends differ only in their :class:`Store` (how a transaction is opened) and their
+Backends differ only in their :class:`StreamStore` (how a transaction is opened) and their
 ``runner`` (a thread pool for SQLite/PostgreSQL, inline for memory). Operations of one stream
 run one at a time, in order; consecutive ``set``s are committed in one transaction.
 """
@@ -22,7 +22,8 @@ from twisted.python.threadpool import ThreadPool
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.persist.storage import common
 from cocalc_hub.conat.persist.storage.base import Listener, SetRequest, StoredMessage, Stream
-from cocalc_hub.conat.persist.storage.common import Session
+from cocalc_hub.conat.persist.storage.common import StorageSession
+from cocalc_hub.reactors import IThreadPoolReactor
 
 log = Logger()
 T = TypeVar("T")
@@ -31,11 +32,11 @@ MAX_GROUP = 10_000  # sets per transaction
 PAGE_ROWS = 200  # rows per getAll query
 
 
-class Store(ABC):
+class StreamStore(ABC):
     """The storage of one stream."""
 
     @abstractmethod
-    def transact(self, fn: Callable[[Session], T], *, write: bool) -> T:
+    def transact(self, fn: Callable[[StorageSession], T], *, write: bool) -> T:
         """Run ``fn`` in one transaction and commit (roll back if it raises)."""
 
     def vacuum(self) -> None:
@@ -50,23 +51,23 @@ class Store(ABC):
 @dataclass(slots=True)
 class _Op:
     deferred: Deferred[Any]
-    fn: Callable[[Session, float], tuple[Any, list[dict[str, Any]]]] | None = None
+    fn: Callable[[StorageSession, float], tuple[Any, list[dict[str, Any]]]] | None = None
     write: bool = True
     vacuum: bool = False
     sets: list[SetRequest] = field(default_factory=list)
 
 
-def _delete_given(s: Session, seqs: list[int]) -> list[int]:
+def _delete_given(s: StorageSession, seqs: list[int]) -> list[int]:
     s.delete_seqs(seqs)
     return seqs
 
 
-def _page(s: Session, *, after: int, end_seq: int | None, max_bytes: int) -> list[StoredMessage]:
+def _page(s: StorageSession, *, after: int, end_seq: int | None, max_bytes: int) -> list[StoredMessage]:
     return s.page(after, end_seq, PAGE_ROWS, max_bytes)
 
 
 class QueuedStream(Stream):
-    def __init__(self, path: str, ephemeral: bool, store: Store, runner: Runner,
+    def __init__(self, path: str, ephemeral: bool, store: StreamStore, runner: Runner,
                  clock: Callable[[], float], on_close: Callable[[QueuedStream], None], *,
                  feed_runner: Runner | None = None) -> None:
         self.path = path
@@ -180,13 +181,13 @@ class QueuedStream(Stream):
             except Exception:
                 log.failure("persist stream {path}: changefeed flush failed", path=self.path)
 
-    def _run(self, fn: Callable[[Session, float], tuple[Any, list[dict[str, Any]]]], *,
+    def _run(self, fn: Callable[[StorageSession, float], tuple[Any, list[dict[str, Any]]]], *,
              write: bool = True, vacuum: bool = False) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self._enqueue(_Op(d, fn, write, vacuum))
         return d
 
-    def _read(self, fn: Callable[[Session], T]) -> Deferred[Any]:
+    def _read(self, fn: Callable[[StorageSession], T]) -> Deferred[Any]:
         return self._run(lambda s, now: (fn(s), []), write=False)
 
     # -- Stream -----------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ class QueuedStream(Stream):
 
     async def delete(self, *, seq: int | None = None, seqs: list[int] | None = None,
                      last_seq: int | None = None, all: bool = False) -> list[int]:
-        def run(fn: Callable[[Session], list[int]], vacuum: bool = False) -> Deferred[Any]:
+        def run(fn: Callable[[StorageSession], list[int]], vacuum: bool = False) -> Deferred[Any]:
             return self._run(lambda s, now: (lambda r: (r, [common.delete_event(r)]))(fn(s)), vacuum=vacuum)
 
         if all:
@@ -313,7 +314,7 @@ class QueuedStream(Stream):
         return result
 
     async def inventory(self) -> dict[str, Any]:
-        def fn(s: Session) -> dict[str, Any]:
+        def fn(s: StorageSession) -> dict[str, Any]:
             count, size = s.totals()
             return {"bytes": size, "count": count, "limits": common.limits_of(s), "seq": s.last_seq()}
 
@@ -385,7 +386,7 @@ class WorkerThreads:
     """A backend's own threads for blocking storage calls: started with the backend,
     stopped by its ``close()`` or, failing that, when the reactor shuts down."""
 
-    def __init__(self, reactor: Any, name: str, size: int) -> None:
+    def __init__(self, reactor: IThreadPoolReactor, name: str, size: int) -> None:
         self.reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
         self._pool.start()

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cocalc_hub import __version__
-from cocalc_hub.conat.api import FUNCTIONS, MAX_REQUEST, SUBJECT, ConatApiService
+from cocalc_hub.bus.api import FUNCTIONS, MAX_REQUEST, SUBJECT, ConatApiService
 from cocalc_hub.conat.client import JSON, Client, ConatError, connect
 from cocalc_hub.tap import HubService
 from tests.projects.support import project_pids

@@ -1,9 +1,10 @@
-"""The conat server: the broker on the hub's WebSocket, signed in through the hub's auth.
+"""The hub's door into its conat broker: clients signed in through the hub's auth.
 
-:class:`ConatServer` puts the pieces together: the Engine.IO resource mounted at
-``BASE_PATH/conat/``, the broker, "who is calling" for the upgrade request's cookies,
-and the watchers that close or trim connections whose credentials or project
-memberships change while they are open (upstream keeps such connections as they were).
+:class:`HubConatNode` is a :class:`~cocalc_hub.conat.node.ConatNode` whose hooks are the
+hub's: "who is calling" for the upgrade request's cookies (:class:`ConatAuth`), project
+membership from the database, the Origin policy of :mod:`cocalc_hub.web.origins`
+(:class:`OriginCheck`), and the watchers that close or trim connections whose credentials or
+project memberships change while they are open (upstream keeps such connections as they were).
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cocalc_hub.auth.caller import CONAT, Authenticator, Caller
 from cocalc_hub.auth.cookies import HOST_PREFIX, CookieNames, parse_cookie_header
-from cocalc_hub.conat.broker import Broker, BrokerConfig
+from cocalc_hub.conat.broker import BrokerConfig
 from cocalc_hub.conat.connection import Connection, Subscription
 from cocalc_hub.conat.errors import ConatError
-from cocalc_hub.conat.local import LocalConnection
-from cocalc_hub.conat.permissions import HUB_USER, SUB, SYSTEM_USER, Permissions, User, account_user, project_user
-from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
-from cocalc_hub.conat.transport.sio import SocketIOServer
-from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+from cocalc_hub.conat.node import ConatNode
+from cocalc_hub.conat.permissions import HUB_USER, SUB, SYSTEM_USER, User, account_user, project_user
+from cocalc_hub.conat.transport.engine import EngineOptions
+from cocalc_hub.conat.transport.socket import Handshake
 from cocalc_hub.web.origins import OriginPolicy
 from cocalc_hub.web.request import client_ip, is_secure, printable
 
@@ -35,51 +35,6 @@ IDENTIFY_TRIES = 3
 """Identifications repeated when revocations arrive meanwhile, at most."""
 EXPIRY_MARGIN = 0.01
 """Seconds after a credential's expiry that its connections are re-checked."""
-
-
-class SocketConnection(Connection):
-    """A broker connection over a Socket.IO socket."""
-
-    def __init__(self, broker: Broker, socket: ServerSocket) -> None:
-        super().__init__(broker, socket.sid)
-        self.socket = socket
-        self.handshake = socket.handshake
-        self.stats["address"] = socket.handshake.client_ip
-
-    def deliver(self, sub: Subscription, msg: Any) -> None:
-        self.socket.emit_raw(sub.prefix + msg.body(), msg.raw, sub, sub.order)
-
-    def emit(self, event: str, payload: Any, callback: Any = None) -> None:
-        self.socket.emit(event, payload, callback=callback)
-
-    def disconnect(self) -> None:
-        self.socket.disconnect()
-
-    def pause_input(self) -> None:
-        self.socket.pause_input()
-
-    def resume_input(self) -> None:
-        self.socket.resume_input()
-
-
-class BrokerHandler:
-    """Socket.IO handler: sockets become broker connections."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-
-    def socket_connected(self, socket: ServerSocket) -> None:
-        conn = SocketConnection(self.broker, socket)
-        socket.state = conn
-        self.broker.attach(conn, socket.handshake)
-
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None:
-        socket.state.incoming(name, args, ack)
-
-    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None:
-        conn = socket.state
-        if conn is not None:
-            self.broker.detach(conn)
 
 
 def user_of(caller: Caller) -> User | None:
@@ -158,27 +113,22 @@ class OriginCheck:
         return "a session cookie is only accepted from this site's own pages (see --conat-allowed-origins)"
 
 
-class ConatServer:
-    """Broker + transport + auth wiring for one hub process."""
+class HubConatNode(ConatNode):
+    """The broker node of a hub process, signing clients in through the hub's authenticator."""
 
-    def __init__(self, reactor: Any, *, auth: Authenticator | None, names: CookieNames | None,
+    def __init__(self, reactor: IReactorTime, *, auth: Authenticator | None, names: CookieNames | None,
                  store: Any = None, config: BrokerConfig | None = None, engine: EngineOptions | None = None,
                  trust_proxy: bool = False, membership_ttl: float = 5.0, origins: OriginPolicy | None = None) -> None:
-        self.reactor = reactor
         self.auth = auth
         self.names = names
         self.store = store
         self.trust_proxy = trust_proxy
         authenticate = ConatAuth(auth, names) if auth is not None and names is not None else None
-        self.authenticate = authenticate
-        self.permissions = Permissions(self._is_member if store is not None else None, reactor.seconds,
-                                       ttl=membership_ttl)
-        self.broker = Broker(reactor, authenticate=authenticate, permissions=self.permissions, config=config)
-        self.engine = EngineFactory(SocketIOServer(BrokerHandler(self.broker)), reactor, engine)
         policy = origins if origins is not None else OriginPolicy(trust_proxy=trust_proxy)
         self.origin_check = OriginCheck(names, policy) if names is not None else None
-        self.resource = EngineResource(self.engine, lambda request: handshake_from(request, self.trust_proxy),
-                                       admit=self.origin_check)
+        super().__init__(reactor, handshake=lambda request: handshake_from(request, self.trust_proxy),
+                         authenticate=authenticate, is_member=self._is_member if store is not None else None,
+                         admit=self.origin_check, config=config, engine=engine, membership_ttl=membership_ttl)
         if auth is not None:
             auth.revocations.append(self.credentials_changed)
             self.broker.on_signed_in = lambda conn: self._watch_user(conn, None)
@@ -266,101 +216,3 @@ class ConatServer:
             user = conn.user
             self.broker.drop_subscription(
                 conn, sub, f"permission denied subscribing to '{sub.pattern}' from {user.json if user else 'null'}")
-
-    def close_connections(self) -> None:
-        self.engine.close_all()
-
-    def report(self, metrics: Any) -> None:
-        """Conat's figures on the hub's /metrics."""
-        b, e = self.broker, self.engine
-        metrics.gauge("cocalc_hub_conat_websockets", "Conat WebSocket connections open", lambda: len(e.connections))
-        metrics.gauge("cocalc_hub_conat_clients", "Conat clients signed in (counted against the limits)",
-                      lambda: b.total)
-        metrics.gauge("cocalc_hub_conat_subscriptions", "Conat subscriptions", lambda: b.subscriptions)
-        metrics.gauge("cocalc_hub_conat_patterns", "Distinct subscription patterns", lambda: len(b.index))
-        metrics.counter("cocalc_hub_conat_messages", "Published chunks routed", lambda: b.messages_routed)
-        metrics.counter("cocalc_hub_conat_deliveries", "Chunks delivered to subscribers", lambda: b.deliveries)
-        metrics.counter("cocalc_hub_conat_invalid_messages", "Published chunks refused as malformed",
-                        lambda: b.invalid_messages)
-        metrics.counter("cocalc_hub_conat_read_barrier_holds",
-                        "Packets held behind a subscribe ack or reply until the client's pong",
-                        lambda: e.turns.holds)
-        metrics.counter("cocalc_hub_conat_protocol_errors", "Connections closed for malformed frames",
-                        lambda: e.protocol_errors)
-        metrics.counter("cocalc_hub_conat_slow_consumers", "Connections dropped for not reading",
-                        lambda: e.slow_consumers)
-
-
-class SysService:
-    """Upstream's ``sys`` services on the broker (admin tools use them): ``stats``, ``usage``
-    and ``disconnect`` on ``sys.conat.<cluster>`` (every node answers) and on
-    ``sys.conat.<cluster>.<id>`` (this node). Only admins and hubs may reach ``sys.``."""
-
-    def __init__(self, server: ConatServer) -> None:
-        self.server = server
-        self.client: Any = None
-
-    def start(self) -> None:
-        from cocalc_hub.conat.client import Client
-        from cocalc_hub.conat.local import LocalTransport
-
-        broker = self.server.broker
-        cluster = broker.config.cluster_name or "default"
-        node = broker.config.server_id
-        self.client = Client(self.server.reactor, LocalTransport(broker, SYSTEM_USER))
-        # upstream's queue for the all-nodes service is literally "<clusterName>-<id>"
-        self.client.service(f"sys.conat.{cluster}", lambda n, a, m: self.call(n, a, False),
-                            queue=f"{broker.config.cluster_name}-{node}" if broker.config.cluster_name
-                            else f"undefined-{node}")
-        self.client.service(f"sys.conat.{cluster}.{node}", lambda n, a, m: self.call(n, a, True), queue="0")
-
-    def call(self, name: str, args: list[Any], this_node: bool) -> Any:
-        broker = self.server.broker
-        if name == "stats":
-            return broker.connection_stats()
-        if name == "usage":
-            return broker.usage()
-        if name == "disconnect":
-            ids = args[0] if args else []
-            ids = [ids] if isinstance(ids, str) else ids
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise ConatError("disconnect takes a socket id or a list of them", 400)
-            return broker.disconnect_ids(ids)
-        if name in ("join", "unjoin", "clusterTopology", "clusterAddresses"):
-            if not this_node:
-                raise ConatError("wrong service")
-            if name == "clusterAddresses":
-                return [broker.config.address]
-            if name == "clusterTopology":
-                return {}
-            raise ConatError("this broker does not form clusters")
-        raise ConatError(f"no such method: {name[:100]}", 404)
-
-    def stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-
-class ConatService(service.Service):
-    """Runs the sys services and stops the broker's connections with the hub."""
-
-    name = "conat"
-
-    def __init__(self, server: ConatServer) -> None:
-        self.server = server
-        self.sys = SysService(server)
-
-    def startService(self) -> None:
-        service.Service.startService(self)
-        self.sys.start()
-
-    def stopService(self) -> Deferred[None]:
-        service.Service.stopService(self)
-        broker = self.server.broker
-        # in-process clients hear about it on a later reactor turn: stopped once they have
-        told = [c.transport.gone for c in broker.connections.values() if isinstance(c, LocalConnection)]
-        self.sys.stop()
-        self.server.close_connections()
-        broker.close_all()
-        return gatherResults(told).addCallback(lambda _: None)

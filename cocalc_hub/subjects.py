@@ -4,6 +4,10 @@
 itself is compute server 0. The broker lets the project and every owner/collaborator
 publish and subscribe under ``project.<project_id>.`` and nobody else (spec §5.4), so
 these subjects need no checks of their own.
+
+Shared by the hub (:mod:`cocalc_hub.projects.publish`) and the project program
+(:mod:`cocalc_hub.project_agent`), so that neither imports the other; it imports nothing
+of either.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The ``--conat-persist`` part of a hub: a persist server as a MultiService child."""
+"""The ``--conat-persist`` part of a hub: a persist server (:mod:`cocalc_hub.conat.persist`) as a
+MultiService child, its storage chosen by the hub's settings."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -13,24 +13,26 @@ from twisted.python.failure import Failure
 from cocalc_hub.conat.client import Client
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.persist.server import PersistServer
-from cocalc_hub.conat.persist.storage.base import Backend
-from cocalc_hub.conat.persist.storage.memory import MemoryBackend
+from cocalc_hub.conat.persist.storage.base import StorageBackend
+from cocalc_hub.conat.persist.storage.memory import MemoryStorageBackend
+from cocalc_hub.reactors import IThreadPoolReactor
 from cocalc_hub.settings import Settings
 
 log = Logger()
 
 
-def make_backend(settings: Settings, reactor: Any) -> Backend:
+def make_backend(settings: Settings, reactor: IThreadPoolReactor) -> StorageBackend:
     """The storage the settings name (every backend keeps ephemeral streams in memory)."""
     if settings.persist_storage == "memory":
-        return MemoryBackend(reactor)
+        return MemoryStorageBackend(reactor)
     if settings.persist_storage == "postgres":
-        from cocalc_hub.conat.persist.storage.postgres import PostgresBackend
+        from cocalc_hub.conat.persist.storage.postgres import PgStorageBackend
+        from cocalc_hub.db.postgres import Connections
 
-        return PostgresBackend(settings.persist_database, reactor)
-    from cocalc_hub.conat.persist.storage.sqlite import SqliteBackend
+        return PgStorageBackend(settings.persist_database, reactor, pool=Connections)
+    from cocalc_hub.conat.persist.storage.sqlite import SqliteStorageBackend
 
-    return SqliteBackend(settings.sync_dir, reactor)
+    return SqliteStorageBackend(settings.sync_dir, reactor)
 
 
 class PersistService(Service):
@@ -39,13 +41,13 @@ class PersistService(Service):
 
     name = "conat-persist"
 
-    def __init__(self, settings: Settings, reactor: Any, client_factory: Callable[[], Client]) -> None:
+    def __init__(self, settings: Settings, reactor: IThreadPoolReactor, client_factory: Callable[[], Client]) -> None:
         self.settings = settings
         self.reactor = reactor
         self.client_factory = client_factory
         self.client: Client | None = None
         self.server: PersistServer | None = None
-        self.backend: Backend | None = None
+        self.backend: StorageBackend | None = None
         self._starting: Deferred[None] | None = None
 
     def startService(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub import __version__
@@ -283,7 +284,8 @@ class ConatApiService(service.Service):
 
     name = "conat-api"
 
-    def __init__(self, api: HubApi, connect: Callable[[], Client], reactor: Any, *, grace: float = 5.0) -> None:
+    def __init__(self, api: HubApi, connect: Callable[[], Client], reactor: IReactorTime, *,
+                 grace: float = 5.0) -> None:
         self.api = api
         self.connect = connect
         self.reactor = reactor
@@ -398,6 +400,6 @@ class ConatApiService(service.Service):
 
 
 def build_conat_api(store: Store, accounts: Accounts, projects: Projects, connect: Callable[[], Client],
-                    reactor: Any) -> ConatApiService:
+                    reactor: IReactorTime) -> ConatApiService:
     """The ``conat-api`` part of a hub."""
     return ConatApiService(HubApi(store, accounts, projects), connect, reactor)
