@@ -13,9 +13,9 @@ from cocalc_hub.db.store import (
     ApiKey,
     Conflict,
     DatabaseUnavailable,
+    LoginSession,
     NotFound,
     Project,
-    Session,
     Store,
     StoreError,
     is_uuid,
@@ -24,7 +24,7 @@ from cocalc_hub.db.store import (
 )
 from cocalc_hub.settings import Settings, SettingsError
 
-__all__ = ["Account", "ApiKey", "Conflict", "DatabaseUnavailable", "NotFound", "Project", "Session", "Store",
+__all__ = ["Account", "ApiKey", "Conflict", "DatabaseUnavailable", "LoginSession", "NotFound", "Project", "Store",
            "StoreError", "is_uuid", "normalize_uuid", "utcnow", "make_store", "prepare_store", "StoreService"]
 
 log = Logger()
