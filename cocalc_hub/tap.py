@@ -43,9 +43,7 @@ from cocalc_hub.proxy.frontdoor import FrontDoorFactory
 from cocalc_hub.proxy.guard import ChannelGuard
 from cocalc_hub.settings import HTTP_PARTS, Settings, SettingsError, from_options, package_static_dir
 from cocalc_hub.web.api import ApiResource, ApiServices
-from cocalc_hub.web.api import accounts as _accounts_api  # noqa: F401  (registers endpoints)
-from cocalc_hub.web.api import admin as _admin_api  # noqa: F401
-from cocalc_hub.web.api import projects as _projects_api  # noqa: F401
+from cocalc_hub.web.api.registry import api_endpoints
 from cocalc_hub.web.errors import ErrorResource
 from cocalc_hub.web.files import GzipCache
 from cocalc_hub.web.health import AliveResource, Health, HealthcheckResource, Status
@@ -412,7 +410,7 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
             services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
                                    names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path,
                                    admin_setup=hub.admin_setup)
-            web.router.mount("api", ApiResource(services), "api", json_errors=True)
+            web.router.mount("api", ApiResource(services, api_endpoints()), "api", json_errors=True)
             pages = PagesResource(services, settings.static_dir, web.gzip_cache)  # the web UI
             web.router.set_index(pages, "page")
             for segment in PAGE_SEGMENTS:
