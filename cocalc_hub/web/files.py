@@ -11,7 +11,6 @@ import mimetypes
 import os
 import re
 import stat
-from collections import OrderedDict
 from collections.abc import Sequence
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import IO, Any
 from twisted.internet.interfaces import IPullProducer
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
+
+from cocalc_hub.cache import LRU
 
 CHUNK = 64 * 1024
 INLINE_MAX = 64 * 1024
@@ -131,21 +132,15 @@ class GzipCache:
 
     def __init__(self, budget: int = 32 * 1024 * 1024) -> None:
         self.budget = budget
-        self._used = 0
-        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._items: LRU[tuple[str, int, int], bytes] = LRU(budget, weight=len)
 
     def get(self, path: Path, st: os.stat_result) -> bytes:
         key = (str(path), st.st_size, st.st_mtime_ns)
         body = self._items.get(key)
         if body is not None:
-            self._items.move_to_end(key)
             return body
         body = gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
-        self._items[key] = body
-        self._used += len(body)
-        while self._used > self.budget and self._items:
-            _, old = self._items.popitem(last=False)
-            self._used -= len(old)
+        self._items.put(key, body)
         return body
 
 
