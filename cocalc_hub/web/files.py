@@ -243,6 +243,31 @@ class FileProducer:
         self.file.close()
 
 
+def _requested_range(request: Request, size: int, etag_plain: bytes, mtime: float) -> tuple[int, int] | None:
+    """(start, length) of a file to send: all of it, or the Range asked for (a 206); None
+    once a 416 is answered."""
+    start, length = 0, size
+    request.setHeader(b"accept-ranges", b"bytes")
+    rng = request.getHeader(b"range")
+    if_range = request.getHeader(b"if-range")
+    if rng is not None and request.method == b"GET" and (
+        if_range is None or if_range.strip() == etag_plain or if_range.strip() == http_date(mtime)
+    ):
+        parsed = parse_range(rng, size)
+        if parsed is False:
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            request.responseHeaders.removeHeader(b"content-type")
+            request.setHeader(b"content-length", b"0")
+            return None
+        if isinstance(parsed, tuple):
+            start, end = parsed
+            length = end - start + 1
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end, size))
+    return start, length
+
+
 def serve_file(
     request: Request,
     path: Path,
@@ -297,24 +322,10 @@ def serve_file(
 
     start, length = 0, size
     if body is None:
-        request.setHeader(b"accept-ranges", b"bytes")
-        rng = request.getHeader(b"range")
-        if_range = request.getHeader(b"if-range")
-        if rng is not None and request.method == b"GET" and (
-            if_range is None or if_range.strip() == etag_plain or if_range.strip() == http_date(st.st_mtime)
-        ):
-            parsed = parse_range(rng, size)
-            if parsed is False:
-                request.setResponseCode(416)
-                request.setHeader(b"content-range", b"bytes */%d" % size)
-                request.responseHeaders.removeHeader(b"content-type")
-                request.setHeader(b"content-length", b"0")
-                return b""
-            if isinstance(parsed, tuple):
-                start, end = parsed
-                length = end - start + 1
-                request.setResponseCode(206)
-                request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end, size))
+        wanted = _requested_range(request, size, etag_plain, st.st_mtime)
+        if wanted is None:
+            return b""
+        start, length = wanted
 
     request.setHeader(b"content-length", b"%d" % length)
     if head:
