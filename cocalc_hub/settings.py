@@ -227,12 +227,11 @@ def listen_description(
 
 def check_endpoint(description: str, setting: str) -> None:
     """Parse the endpoint string now (this also loads TLS keys) so errors come early."""
-    from twisted.internet import reactor
-
+    from cocalc_hub.reactors import global_reactor
     from cocalc_hub.web.tls import TlsConfigError, server_endpoint
 
     try:
-        server_endpoint(reactor, description)
+        server_endpoint(global_reactor(), description)
     except TlsConfigError as e:
         raise SettingsError(setting, str(e)) from None
     except IndexError:

@@ -41,6 +41,7 @@ from cocalc_hub.proxy.conat_forward import ConatForwardResource
 from cocalc_hub.proxy.core import Proxy, ProxyService
 from cocalc_hub.proxy.frontdoor import FrontDoorFactory
 from cocalc_hub.proxy.guard import ChannelGuard
+from cocalc_hub.reactors import IHubReactor, global_reactor
 from cocalc_hub.settings import HTTP_PARTS, Settings, SettingsError, from_options, package_static_dir
 from cocalc_hub.web.api import ApiResource, ApiServices
 from cocalc_hub.web.api.registry import api_endpoints
@@ -60,7 +61,7 @@ log = Logger()
 class HubService(service.MultiService):
     """The whole hub; when attached to a twistd Application it also provides the log observer."""
 
-    def __init__(self, settings: Settings, reactor: Any, observer: ILogObserver | None = None) -> None:
+    def __init__(self, settings: Settings, reactor: IHubReactor, observer: ILogObserver | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
@@ -168,7 +169,7 @@ class HubService(service.MultiService):
 class WebParts:
     """What the HTTP side is made of; later parts mount themselves on ``router``."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: IHubReactor) -> None:
         self.settings = settings
         self.reactor = reactor
         self.metrics = HubMetrics()
@@ -200,7 +201,7 @@ def setup_link(settings: Settings, hub: HubService, token: str) -> str:
     return f"{base.rstrip('/')}{SETUP_PATH}#token={token}"
 
 
-def build_web(settings: Settings, reactor: Any) -> WebParts:
+def build_web(settings: Settings, reactor: IHubReactor) -> WebParts:
     """The HTTP site with the routes every hub serves (health, metrics, static, index)."""
     web = WebParts(settings, reactor)
     web.health.parts = sorted(settings.parts)
@@ -228,7 +229,7 @@ def build_web(settings: Settings, reactor: Any) -> WebParts:
     return web
 
 
-def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService) -> ProjectManager:
+def build_manager(settings: Settings, store: Any, reactor: IHubReactor, hub: HubService) -> ProjectManager:
     """The project manager; it learns the hub's own URL once the listener is up."""
 
     def hub_url() -> str:
@@ -263,7 +264,7 @@ def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService)
     return manager
 
 
-def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
+def build_proxy(settings: Settings, hub: HubService, reactor: IHubReactor) -> Proxy:
     """The project proxy, sharing the hub's authenticator, store and project manager."""
     assert hub.auth is not None and hub.projects is not None and hub.projects.manager is not None
     auth = hub.auth
@@ -302,7 +303,7 @@ def origin_policy(settings: Settings) -> OriginPolicy:
     return OriginPolicy(settings.conat_allowed_origins, trust_proxy=settings.trust_proxy)
 
 
-def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
+def conat_elsewhere(settings: Settings, reactor: IHubReactor) -> Any:
     """What ``BASE_PATH/conat/`` is in a process without the broker: a splice to CONAT_SERVER."""
     if settings.conat_server:
         from cocalc_hub.auth.cookies import CookieNames
@@ -316,7 +317,7 @@ def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
     return ErrorResource(503, "This hub process does not run conat and CONAT_SERVER is not set.")
 
 
-def build_conat(settings: Settings, hub: HubService, reactor: Any) -> ConatServer:
+def build_conat(settings: Settings, hub: HubService, reactor: IHubReactor) -> ConatServer:
     """The conat broker, signing clients in through the hub's authenticator."""
     assert hub.auth is not None and hub.projects is not None
     config = BrokerConfig(max_connections=settings.conat_max_connections,
@@ -347,7 +348,7 @@ def revocations_to(auth: Any, projects: Projects) -> Any:
     return deliver
 
 
-def build_service(settings: Settings, reactor: Any, observer: ILogObserver | None = None, *,
+def build_service(settings: Settings, reactor: IHubReactor, observer: ILogObserver | None = None, *,
                   password_cost: dict[str, int] | None = None) -> HubService:
     """Compose the hub from settings: each selected part becomes a child service.
 
@@ -470,7 +471,7 @@ def raise_open_files_limit() -> None:
 
 def makeService(options: Mapping[str, Any]) -> HubService:
     """The twistd entry point. Bad settings end the process with one line, no traceback."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     os.umask(private_files.UMASK)  # what the hub creates is its user's alone
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.auth import apikeys
@@ -70,7 +70,7 @@ class SiteSettings:
     DEFAULTS = {"email_signup": "yes", "samesite_remember_me": "strict", "site_name": "CoCalc",
                 "signup_hides_emails": "yes"}
 
-    def __init__(self, store: Store, clock: Any, ttl: float = 5.0) -> None:
+    def __init__(self, store: Store, clock: IReactorTime, ttl: float = 5.0) -> None:
         self.store = store
         self.clock = clock
         self.ttl = ttl
@@ -100,7 +100,7 @@ class SignIn:
 
 
 class Accounts:
-    def __init__(self, store: Store, passwords: Passwords, auth: Authenticator, clock: Any,
+    def __init__(self, store: Store, passwords: Passwords, auth: Authenticator, clock: IReactorTime,
                  settings: SiteSettings | None = None) -> None:
         self.store = store
         self.passwords = passwords
