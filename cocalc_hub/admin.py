@@ -293,10 +293,11 @@ def _short(value: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from twisted.internet import reactor
-
     from cocalc_hub.auth.service import build_auth
     from cocalc_hub.db import prepare_store
+    from cocalc_hub.reactors import global_reactor
+
+    reactor = global_reactor()
 
     os.umask(0o077)  # like the hub: what it creates in the data directory is private
     try:

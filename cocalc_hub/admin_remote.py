@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorUNIX, IStreamClientEndpoint
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
@@ -66,7 +66,7 @@ def parse_hub(value: str, env: Mapping[str, str] | None = None) -> HubAddress:
 
 @implementer(IAgentEndpointFactory)
 class _SocketEndpoints:
-    def __init__(self, reactor: Any, path: str) -> None:
+    def __init__(self, reactor: IReactorUNIX, path: str) -> None:
         self.reactor = reactor
         self.path = path
 
@@ -77,7 +77,9 @@ class _SocketEndpoints:
 async def hub_request(hub: HubAddress, endpoint: str, params: dict[str, Any], token: str,
                       timeout: float = 60.0) -> tuple[int, Any]:
     """POST to a hub's JSON API; HubUnreachable if nothing answers there."""
-    from twisted.internet import reactor
+    from cocalc_hub.reactors import global_reactor
+
+    reactor = global_reactor()
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     if hub.socket is not None:

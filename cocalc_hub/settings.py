@@ -227,12 +227,11 @@ def listen_description(
 
 def check_endpoint(description: str, setting: str) -> None:
     """Parse the endpoint string now (this also loads TLS keys) so errors come early."""
-    from twisted.internet import reactor
-
+    from cocalc_hub.reactors import global_reactor
     from cocalc_hub.web.tls import TlsConfigError, server_endpoint
 
     try:
-        server_endpoint(reactor, description)
+        server_endpoint(global_reactor(), description)
     except TlsConfigError as e:
         raise SettingsError(setting, str(e)) from None
     except IndexError:
@@ -363,15 +362,42 @@ def _flag(options: Mapping[str, Any], name: str) -> bool:
     return bool(options.get(name))
 
 
+_Fields = dict[str, Any]
+"""Some of Settings' fields, by name: what each part of from_options returns."""
+
+
 def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
-    """Build and validate the settings from parsed tap Options and the environment."""
+    """Build and validate the settings from parsed tap Options and the environment.
+
+    One function per part, called in this order (which decides which of several bad values
+    is reported)."""
     if env is None:
         env = os.environ
     try:
         check_installation()
     except IncompleteInstall as e:
         raise SettingsError("installation", str(e)) from None
+    network = _network_settings(options, env)
+    files = _file_settings(options, env)
+    logging = _log_settings(options)
+    process = _process_settings(options, env)
+    database = _database_settings(options, env, files["data_dir"], files["secrets_dir"])
+    auth = _auth_settings(env)
+    limits = _project_limits(options)
+    persist = _persist_settings(options, env, process["parts"], database["database_kind"], database["database"],
+                                files["data_dir"])
+    conat_server = _conat_server(env, process["parts"])
+    projects = _project_settings(options, env)
+    conat = _conat_limits(options, env)
+    return Settings(
+        **network, **files, **logging, **process, **database, **auth, **limits, **persist, **conat_server,
+        **projects, **conat,
+        health_listener=not process["parts"] & HTTP_PARTS and options.get("port") is not None,
+    )
 
+
+def _network_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> _Fields:
+    """The listener (port or TLS), host name and base path."""
     hostname = options.get("hostname") or env.get("COCALC_HUB_HOSTNAME") or DEFAULT_HOSTNAME
     if any(c.isspace() for c in hostname) or hostname.startswith("-"):
         raise SettingsError("--hostname", f"{hostname!r} is not a host name or address")
@@ -389,7 +415,11 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
     https = listen.startswith(("ssl:", "tls:", "le:", "lets:", "txsni:"))
 
     base_path = validate_base_path(env.get("BASE_PATH", "/") or "/")
+    return {"listen": listen, "hostname": hostname, "base_path": base_path, "https": https}
 
+
+def _file_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> _Fields:
+    """Directories: data, secrets, projects' homes, static assets."""
     data_raw = options.get("data") or env.get("DATA")
     data_setting = "--data" if options.get("data") else "DATA"
     data_dir = Path(data_raw) if data_raw else default_data_dir(env)
@@ -416,7 +446,10 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
     if not static_dir.is_dir() or not os.access(static_dir, os.R_OK | os.X_OK):
         raise SettingsError("--static", f"{str(static_dir)!r} is not a readable directory")
     static_dir = static_dir.resolve()
+    return {"data_dir": data_dir, "secrets_dir": secrets_dir, "projects": projects, "static_dir": static_dir}
 
+
+def _log_settings(options: Mapping[str, Any]) -> _Fields:
     log_format = (options.get("log-format") or "text").lower()
     if log_format not in LOG_FORMATS:
         raise SettingsError("--log-format", f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}")
@@ -426,7 +459,11 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         log_level = "warn"
     if log_level not in LOG_LEVELS:
         raise SettingsError("--log-level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return {"log_format": log_format, "log_level": log_level}
 
+
+def _process_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> _Fields:
+    """The project mode, which parts of a hub this process runs, the shutdown grace."""
     mode = options.get("mode") or env.get("COCALC_MODE") or "single-user"
     if _flag(options, "multi-user"):
         mode = "multi-user"
@@ -444,7 +481,12 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         raise SettingsError("--shutdown-grace", f"{grace_raw!r} is not a number of seconds") from None
     if not 0 <= grace <= 3600:
         raise SettingsError("--shutdown-grace", f"{grace_raw!r} must be between 0 and 3600 seconds")
+    return {"project_mode": mode, "parts": parts, "trust_proxy": _flag(options, "trust-proxy"),
+            "shutdown_grace": grace}
 
+
+def _database_settings(options: Mapping[str, Any], env: Mapping[str, str], data_dir: Path,
+                       secrets_dir: Path) -> _Fields:
     database_kind, database = database_setting(options.get("database"), env, data_dir, secrets_dir)
     wait_raw = options.get("database-wait")
     try:
@@ -453,10 +495,18 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
         raise SettingsError("--database-wait", f"{wait_raw!r} is not a number of seconds") from None
     if not 0 <= database_wait <= 3600:
         raise SettingsError("--database-wait", f"{wait_raw!r} must be between 0 and 3600 seconds")
+    return {"database_kind": database_kind, "database": database, "database_wait": database_wait}
+
+
+def _auth_settings(env: Mapping[str, str]) -> _Fields:
     cookie_name = env.get("COCALC_REMEMBER_ME_COOKIE_NAME") or None
     if cookie_name is not None and not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}", cookie_name):
         raise SettingsError("COCALC_REMEMBER_ME_COOKIE_NAME", f"{cookie_name!r} is not a valid cookie name")
+    return {"remember_me_cookie_name": cookie_name}
 
+
+def _project_limits(options: Mapping[str, Any]) -> _Fields:
+    """--project-memory (MiB), --project-processes, --project-cpu."""
     project_limits: dict[str, int] = {}
     for option, name, scale in (("project-memory", "memory", 1024 * 1024), ("project-processes", "processes", 1),
                                 ("project-cpu", "cpu", 1)):
@@ -465,7 +515,12 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
             if not re.fullmatch(r"[0-9]{1,12}", str(raw_limit)) or int(raw_limit) <= 0:
                 raise SettingsError(f"--{option}", f"{raw_limit!r} is not a positive whole number")
             project_limits[name] = int(raw_limit) * scale
-    idle_disabled = bool(env.get("COCALC_NO_IDLE_TIMEOUT"))
+    return {"project_limits": project_limits}
+
+
+def _persist_settings(options: Mapping[str, Any], env: Mapping[str, str], parts: frozenset[str],
+                      database_kind: str, database: str, data_dir: Path) -> _Fields:
+    """Where conat's persist streams live, and this persist server's id among how many."""
     persist_storage, persist_database = persist_setting(options, env, database_kind, database)
     sync_raw = env.get("COCALC_SYNC")
     sync_dir = Path(sync_raw).expanduser() if sync_raw else data_dir / "sync"
@@ -480,53 +535,44 @@ def from_options(options: Mapping[str, Any], env: Mapping[str, str] | None = Non
     if not (re.fullmatch(r"[0-9]{1,4}", persist_id) and int(persist_id) < persist_count):
         raise SettingsError("--persist-id", f"{persist_id!r} must be one of 0 … {persist_count - 1} "
                                             f"(there are {persist_count} persist servers)")
-    persist_id = str(int(persist_id))
+    return {"persist_storage": persist_storage, "persist_database": persist_database, "sync_dir": sync_dir,
+            "persist_id": str(int(persist_id)), "persist_count": persist_count}
+
+
+def _conat_server(env: Mapping[str, str], parts: frozenset[str]) -> _Fields:
+    """CONAT_SERVER, required when this process runs conat parts without the broker."""
     conat_server = conat_server_setting(env, parts)
     needs_broker = sorted(parts & {"conat-api", "conat-persist"})
     if needs_broker and "conat-server" not in parts and not conat_server:
         raise SettingsError("CONAT_SERVER", f"--{' and --'.join(needs_broker)} without --conat-server need the "
                                             "address of the conat broker in CONAT_SERVER")
+    return {"conat_server": conat_server}
 
-    return Settings(
-        listen=listen,
-        hostname=hostname,
-        base_path=base_path,
-        data_dir=data_dir,
-        secrets_dir=secrets_dir,
-        projects=projects,
-        static_dir=static_dir,
-        log_format=log_format,
-        log_level=log_level,
-        parts=parts,
-        project_mode=mode,
-        https=https,
-        trust_proxy=_flag(options, "trust-proxy"),
-        shutdown_grace=grace,
-        database_kind=database_kind,
-        database=database,
-        database_wait=database_wait,
-        remember_me_cookie_name=cookie_name,
-        project_start_timeout=_seconds(options, "project-start-timeout", 30.0, 1, 3600),
-        project_stop_grace=_seconds(options, "project-stop-grace", 5.0, 0, 600),
-        idle_timeout=_seconds(options, "idle-timeout", 1800.0, 0, 10 ** 8),
-        idle_check_interval=0.0 if idle_disabled else _seconds(options, "idle-check-interval", 60.0, 0, 86400),
-        min_run_time=_seconds(options, "min-run-time", 600.0, 0, 10 ** 8),
-        project_limits=project_limits,
-        stop_projects_on_exit=_flag(options, "stop-projects-on-exit"),
-        adopt_projects=not _flag(options, "no-adopt-projects"),
-        allow_root_projects=_flag(options, "allow-root-projects")
+
+def _project_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> _Fields:
+    """Projects' start, stop and idle timing, what the hub does with them, the proxy's timeout."""
+    idle_disabled = bool(env.get("COCALC_NO_IDLE_TIMEOUT"))
+    return {
+        "project_start_timeout": _seconds(options, "project-start-timeout", 30.0, 1, 3600),
+        "project_stop_grace": _seconds(options, "project-stop-grace", 5.0, 0, 600),
+        "idle_timeout": _seconds(options, "idle-timeout", 1800.0, 0, 10 ** 8),
+        "idle_check_interval": 0.0 if idle_disabled else _seconds(options, "idle-check-interval", 60.0, 0, 86400),
+        "min_run_time": _seconds(options, "min-run-time", 600.0, 0, 10 ** 8),
+        "stop_projects_on_exit": _flag(options, "stop-projects-on-exit"),
+        "adopt_projects": not _flag(options, "no-adopt-projects"),
+        "allow_root_projects": _flag(options, "allow-root-projects")
         or env.get("COCALC_ALLOW_ROOT_PROJECTS", "").lower() in ("1", "true", "yes"),
-        proxy_timeout=_seconds(options, "proxy-timeout", 120.0, 0, 86400),
-        conat_server=conat_server,
-        conat_max_connections=_count(options, "conat-max-connections", 10000, 1, 10 ** 6),
-        conat_max_connections_per_user=_count(options, "conat-max-connections-per-user", 100, 1, 10 ** 6),
-        conat_max_subscriptions_per_client=_count(options, "conat-max-subscriptions-per-client", 500, 1, 10 ** 7),
-        conat_max_subscriptions_per_hub=_count(options, "conat-max-subscriptions-per-hub", 15000, 1, 10 ** 7),
-        conat_allowed_origins=allowed_origins_setting(options, env),
-        persist_storage=persist_storage,
-        persist_database=persist_database,
-        sync_dir=sync_dir,
-        persist_id=persist_id,
-        persist_count=persist_count,
-        health_listener=not parts & HTTP_PARTS and options.get("port") is not None,
-    )
+        "proxy_timeout": _seconds(options, "proxy-timeout", 120.0, 0, 86400),
+    }
+
+
+def _conat_limits(options: Mapping[str, Any], env: Mapping[str, str]) -> _Fields:
+    """The broker's connection and subscription limits, and the Origins it also accepts."""
+    return {
+        "conat_max_connections": _count(options, "conat-max-connections", 10000, 1, 10 ** 6),
+        "conat_max_connections_per_user": _count(options, "conat-max-connections-per-user", 100, 1, 10 ** 6),
+        "conat_max_subscriptions_per_client": _count(options, "conat-max-subscriptions-per-client", 500, 1,
+                                                     10 ** 7),
+        "conat_max_subscriptions_per_hub": _count(options, "conat-max-subscriptions-per-hub", 15000, 1, 10 ** 7),
+        "conat_allowed_origins": allowed_origins_setting(options, env),
+    }

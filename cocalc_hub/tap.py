@@ -42,11 +42,10 @@ from cocalc_hub.proxy.conat_forward import ConatForwardResource
 from cocalc_hub.proxy.core import Proxy, ProxyService
 from cocalc_hub.proxy.frontdoor import FrontDoorFactory
 from cocalc_hub.proxy.guard import ChannelGuard
+from cocalc_hub.reactors import IHubReactor, global_reactor
 from cocalc_hub.settings import HTTP_PARTS, Settings, SettingsError, from_options, package_static_dir
 from cocalc_hub.web.api import ApiResource, ApiServices
-from cocalc_hub.web.api import accounts as _accounts_api  # noqa: F401  (registers endpoints)
-from cocalc_hub.web.api import admin as _admin_api  # noqa: F401
-from cocalc_hub.web.api import projects as _projects_api  # noqa: F401
+from cocalc_hub.web.api.registry import api_endpoints
 from cocalc_hub.web.errors import ErrorResource
 from cocalc_hub.web.files import GzipCache
 from cocalc_hub.web.health import AliveResource, Health, HealthcheckResource, Status
@@ -63,7 +62,7 @@ log = Logger()
 class HubService(service.MultiService):
     """The whole hub; when attached to a twistd Application it also provides the log observer."""
 
-    def __init__(self, settings: Settings, reactor: Any, observer: ILogObserver | None = None) -> None:
+    def __init__(self, settings: Settings, reactor: IHubReactor, observer: ILogObserver | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
@@ -171,7 +170,7 @@ class HubService(service.MultiService):
 class WebParts:
     """What the HTTP side is made of; later parts mount themselves on ``router``."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: IHubReactor) -> None:
         self.settings = settings
         self.reactor = reactor
         self.metrics = HubMetrics()
@@ -203,7 +202,7 @@ def setup_link(settings: Settings, hub: HubService, token: str) -> str:
     return f"{base.rstrip('/')}{SETUP_PATH}#token={token}"
 
 
-def build_web(settings: Settings, reactor: Any) -> WebParts:
+def build_web(settings: Settings, reactor: IHubReactor) -> WebParts:
     """The HTTP site with the routes every hub serves (health, metrics, static, index)."""
     web = WebParts(settings, reactor)
     web.health.parts = sorted(settings.parts)
@@ -231,7 +230,7 @@ def build_web(settings: Settings, reactor: Any) -> WebParts:
     return web
 
 
-def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService) -> ProjectManager:
+def build_manager(settings: Settings, store: Any, reactor: IHubReactor, hub: HubService) -> ProjectManager:
     """The project manager; it learns the hub's own URL once the listener is up."""
 
     def hub_url() -> str:
@@ -266,7 +265,7 @@ def build_manager(settings: Settings, store: Any, reactor: Any, hub: HubService)
     return manager
 
 
-def build_proxy(settings: Settings, hub: HubService, reactor: Any) -> Proxy:
+def build_proxy(settings: Settings, hub: HubService, reactor: IHubReactor) -> Proxy:
     """The project proxy, sharing the hub's authenticator, store and project manager."""
     assert hub.auth is not None and hub.projects is not None and hub.projects.manager is not None
     auth = hub.auth
@@ -305,7 +304,7 @@ def origin_policy(settings: Settings) -> OriginPolicy:
     return OriginPolicy(settings.conat_allowed_origins, trust_proxy=settings.trust_proxy)
 
 
-def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
+def conat_elsewhere(settings: Settings, reactor: IHubReactor) -> Any:
     """What ``BASE_PATH/conat/`` is in a process without the broker: a splice to CONAT_SERVER."""
     if settings.conat_server:
         from cocalc_hub.auth.cookies import CookieNames
@@ -319,7 +318,7 @@ def conat_elsewhere(settings: Settings, reactor: Any) -> Any:
     return ErrorResource(503, "This hub process does not run conat and CONAT_SERVER is not set.")
 
 
-def build_conat(settings: Settings, hub: HubService, reactor: Any) -> HubConatNode:
+def build_conat(settings: Settings, hub: HubService, reactor: IHubReactor) -> HubConatNode:
     """The conat broker, signing clients in through the hub's authenticator."""
     assert hub.auth is not None and hub.projects is not None
     config = BrokerConfig(max_connections=settings.conat_max_connections,
@@ -350,7 +349,7 @@ def revocations_to(auth: Any, projects: Projects) -> Any:
     return deliver
 
 
-def build_service(settings: Settings, reactor: Any, observer: ILogObserver | None = None, *,
+def build_service(settings: Settings, reactor: IHubReactor, observer: ILogObserver | None = None, *,
                   password_cost: dict[str, int] | None = None) -> HubService:
     """Compose the hub from settings: each selected part becomes a child service.
 
@@ -413,7 +412,7 @@ def build_service(settings: Settings, reactor: Any, observer: ILogObserver | Non
             services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
                                    names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path,
                                    admin_setup=hub.admin_setup)
-            web.router.mount("api", ApiResource(services), "api", json_errors=True)
+            web.router.mount("api", ApiResource(services, api_endpoints()), "api", json_errors=True)
             pages = PagesResource(services, settings.static_dir, web.gzip_cache)  # the web UI
             web.router.set_index(pages, "page")
             for segment in PAGE_SEGMENTS:
@@ -473,7 +472,7 @@ def raise_open_files_limit() -> None:
 
 def makeService(options: Mapping[str, Any]) -> HubService:
     """The twistd entry point. Bad settings end the process with one line, no traceback."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     os.umask(private_files.UMASK)  # what the hub creates is its user's alone
     try:

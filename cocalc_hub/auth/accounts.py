@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.auth import apikeys
@@ -18,6 +18,7 @@ from cocalc_hub.auth.caller import Authenticator, Caller
 from cocalc_hub.auth.cookies import REMEMBER_ME_TTL, RememberMe, new_remember_me
 from cocalc_hub.auth.passwords import MAX_PASSWORD_LENGTH, Passwords, password_problem
 from cocalc_hub.auth.throttle import IP_RULES, SIGNUP_RULES, Backoff, Throttle, address_key, wait_text
+from cocalc_hub.cache import TTLCache
 from cocalc_hub.db.store import Account, ApiKey, Conflict, Store, utcnow
 
 log = Logger()
@@ -69,25 +70,26 @@ class SiteSettings:
     DEFAULTS = {"email_signup": "yes", "samesite_remember_me": "strict", "site_name": "CoCalc",
                 "signup_hides_emails": "yes"}
 
-    def __init__(self, store: Store, clock: Any, ttl: float = 5.0) -> None:
+    def __init__(self, store: Store, clock: IReactorTime, ttl: float = 5.0) -> None:
         self.store = store
         self.clock = clock
         self.ttl = ttl
-        self._cache: tuple[float, dict[str, str]] | None = None
+        self._cache: TTLCache[str, dict[str, str]] = TTLCache(clock, ttl, 1)
 
     async def all(self) -> dict[str, str]:
-        if self._cache is None or self._cache[0] <= self.clock.seconds():
+        values = self._cache.get("all")
+        if values is None:
             values = dict(self.DEFAULTS)
             values.update(await self.store.get_settings())
-            self._cache = (self.clock.seconds() + self.ttl, values)
-        return dict(self._cache[1])
+            self._cache.put("all", values)
+        return dict(values)
 
     async def get(self, name: str) -> str | None:
         return (await self.all()).get(name)
 
     async def set(self, name: str, value: str | None) -> None:
         await self.store.set_setting(name, value)
-        self._cache = None
+        self._cache.clear()
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class SignIn:
 
 
 class Accounts:
-    def __init__(self, store: Store, passwords: Passwords, auth: Authenticator, clock: Any,
+    def __init__(self, store: Store, passwords: Passwords, auth: Authenticator, clock: IReactorTime,
                  settings: SiteSettings | None = None) -> None:
         self.store = store
         self.passwords = passwords

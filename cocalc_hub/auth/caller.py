@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from twisted.internet import threads
 from twisted.logger import Logger
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from cocalc_hub.auth import apikeys, project_tokens
 from cocalc_hub.auth.cookies import CookieNames, remember_me_hash
 from cocalc_hub.auth.passwords import LegacyHashError
+from cocalc_hub.cache import LRU
 from cocalc_hub.db.store import MEMBER_GROUPS, Store, is_uuid, normalize_uuid, utcnow
 
 log = Logger()
@@ -30,37 +30,6 @@ log = Logger()
 # Scheme names, in the order they are tried.
 HTTP = ("bearer", "remember_me", "api_key_cookie")
 CONAT = ("sys", "hub_password", "api_key_cookie", "project_secret", "remember_me")
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _LRU(Generic[K, V]):
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._d: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._d.get(key)
-        if value is not None:
-            self._d.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._d[key] = value
-        self._d.move_to_end(key)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._d.pop(key, None)
-
-    def drop_if(self, predicate: Callable[[K, V], bool]) -> None:
-        for key in [k for k, v in self._d.items() if predicate(k, v)]:
-            del self._d[key]
-
-    def clear(self) -> None:
-        self._d.clear()
 
 
 @dataclass(frozen=True)
@@ -158,11 +127,11 @@ class Authenticator:
         self.hub_password = hub_password
         self.system_password = system_password
         self.touch_interval = touch_interval
-        self._hashes: _LRU[str, str] = _LRU(20000)          # cookie value -> session hash (pure function)
-        self._sessions: _LRU[str, tuple[float, Caller]] = _LRU(20000)   # session hash -> (deadline, caller)
-        self._keys: _LRU[str, tuple[float, Caller]] = _LRU(20000)       # api key -> (deadline, caller)
-        self._verified: _LRU[str, str] = _LRU(20000)        # api key -> stored hash it matched
-        self._touched: _LRU[int, float] = _LRU(20000)
+        self._hashes: LRU[str, str] = LRU(20000)          # cookie value -> session hash (pure function)
+        self._sessions: LRU[str, tuple[float, Caller]] = LRU(20000)   # session hash -> (deadline, caller)
+        self._keys: LRU[str, tuple[float, Caller]] = LRU(20000)       # api key -> (deadline, caller)
+        self._verified: LRU[str, str] = LRU(20000)        # api key -> stored hash it matched
+        self._touched: LRU[int, float] = LRU(20000)
         self._generation = 0
         """Bumped when caches are dropped: an answer looked up before that is not cached."""
         self.listeners: list[Callable[[], None]] = []

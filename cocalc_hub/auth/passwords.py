@@ -17,6 +17,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from twisted.internet import threads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 
 MIN_PASSWORD_LENGTH = 8
@@ -120,8 +121,8 @@ class Passwords:
     reactor thread and at most ``threads`` hashes run at once.
     """
 
-    def __init__(self, reactor: Any, *, time_cost: int = 3, memory_cost: int = 65536, parallelism: int = 4,
-                 threads_: int = 2) -> None:
+    def __init__(self, reactor: IReactorFromThreads, *, time_cost: int = 3, memory_cost: int = 65536,
+                 parallelism: int = 4, threads_: int = 2) -> None:
         self.reactor = reactor
         self.hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
         self._threads = threads_

@@ -17,6 +17,7 @@ from cocalc_hub.auth.csrf import Csrf
 from cocalc_hub.auth.passwords import Passwords
 from cocalc_hub.auth.secrets import read_or_create
 from cocalc_hub.db.store import Store
+from cocalc_hub.reactors import IReactorTimeThreads
 from cocalc_hub.settings import Settings
 
 log = Logger()
@@ -33,7 +34,7 @@ class AuthParts:
     csrf: Csrf
 
 
-def build_auth(settings: Settings, store: Store, reactor: Any, *,
+def build_auth(settings: Settings, store: Store, reactor: IReactorTimeThreads, *,
                password_cost: dict[str, int] | None = None) -> AuthParts:
     names = CookieNames.for_base_path(settings.base_path, settings.remember_me_cookie_name)
     passwords = Passwords(reactor, **(password_cost or {}))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
+
+from cocalc_hub.cache import LRU
 
 # (window seconds, events allowed in the window): sign-in failures per address 30/min and
 # 200/h as upstream's per-IP rule; sign-ups per address 20/h.
@@ -54,17 +56,17 @@ class Throttle:
         self.horizon = max(w for w, _ in self.rules)
         self.depth = max(n for _, n in self.rules)
         self.max_keys = max_keys
-        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+        self._events: LRU[str, deque[float]] = LRU(max_keys)
 
     def _recent(self, key: str) -> deque[float] | None:
-        events = self._events.get(key)
+        events = self._events.peek(key)
         if events is None:
             return None
         cutoff = self.clock.seconds() - self.horizon
         while events and events[0] <= cutoff:
             events.popleft()
         if not events:
-            del self._events[key]
+            self._events.pop(key)
             return None
         return events
 
@@ -91,14 +93,12 @@ class Throttle:
     def record(self, key: str) -> None:
         events = self._recent(key)
         if events is None:
-            events = self._events[key] = deque(maxlen=self.depth)
+            events = deque(maxlen=self.depth)
         events.append(self.clock.seconds())
-        self._events.move_to_end(key)
-        while len(self._events) > self.max_keys:
-            self._events.popitem(last=False)
+        self._events.put(key, events)
 
     def reset(self, key: str) -> None:
-        self._events.pop(key, None)
+        self._events.pop(key)
 
 
 class Backoff:
@@ -113,7 +113,7 @@ class Backoff:
         self.cap = cap
         self.forget = forget
         self.max_keys = max_keys
-        self._failures: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._failures: LRU[tuple[str, str], tuple[int, float]] = LRU(max_keys)
 
     def delay(self, count: int) -> float:
         """How long the next attempt waits after ``count`` failures."""
@@ -123,23 +123,21 @@ class Backoff:
 
     def wait(self, key: tuple[str, str]) -> float:
         """Seconds until the next attempt for ``key`` is allowed (0: now)."""
-        hit = self._failures.get(key)
+        hit = self._failures.peek(key)
         if hit is None:
             return 0.0
         count, last = hit
         now = self.clock.seconds()
         if now - last >= self.forget:
-            del self._failures[key]
+            self._failures.pop(key)
             return 0.0
         return max(0.0, last + self.delay(count) - now)
 
     def record(self, key: tuple[str, str]) -> None:
-        hit = self._failures.pop(key, None)
+        hit = self._failures.pop(key)
         now = self.clock.seconds()
         count = hit[0] if hit is not None and now - hit[1] < self.forget else 0
-        self._failures[key] = (count + 1, now)
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
+        self._failures.put(key, (count + 1, now))
 
     def reset(self, key: tuple[str, str]) -> None:
-        self._failures.pop(key, None)
+        self._failures.pop(key)

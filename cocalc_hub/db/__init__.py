@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 from cocalc_hub.db.store import (
@@ -13,9 +14,9 @@ from cocalc_hub.db.store import (
     ApiKey,
     Conflict,
     DatabaseUnavailable,
+    LoginSession,
     NotFound,
     Project,
-    Session,
     Store,
     StoreError,
     is_uuid,
@@ -24,13 +25,16 @@ from cocalc_hub.db.store import (
 )
 from cocalc_hub.settings import Settings, SettingsError
 
-__all__ = ["Account", "ApiKey", "Conflict", "DatabaseUnavailable", "NotFound", "Project", "Session", "Store",
+__all__ = ["Account", "ApiKey", "Conflict", "DatabaseUnavailable", "LoginSession", "NotFound", "Project", "Store",
            "StoreError", "is_uuid", "normalize_uuid", "utcnow", "make_store", "prepare_store", "StoreService"]
+
+if TYPE_CHECKING:
+    from cocalc_hub.db.sql import SqlStore
 
 log = Logger()
 
 
-def make_store(settings: Settings, reactor: Any) -> Any:
+def make_store(settings: Settings, reactor: IReactorFromThreads) -> SqlStore:
     """The SqlStore the settings ask for (not yet prepared or opened)."""
     from cocalc_hub.db.sql import SqlStore
 
@@ -45,7 +49,7 @@ def make_store(settings: Settings, reactor: Any) -> Any:
     return SqlStore(SQLiteBackend(Path(settings.database), reactor))
 
 
-def prepare_store(settings: Settings, reactor: Any) -> Any:
+def prepare_store(settings: Settings, reactor: IReactorFromThreads) -> SqlStore:
     """Connect and migrate now (blocking: this runs before the reactor), retrying an
     unreachable database for ``database_wait`` seconds; SettingsError if it never works."""
     import time
@@ -86,7 +90,7 @@ class StoreService(service.Service):
 
     name = "store"
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def startService(self) -> None:

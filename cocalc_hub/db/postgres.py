@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -144,7 +145,8 @@ def describe(conninfo: str) -> str:
 class PostgresBackend(Backend):
     kind = "postgres"
 
-    def __init__(self, conninfo: str, reactor: Any, *, size: int = 4, connect_timeout: int = 10) -> None:
+    def __init__(self, conninfo: str, reactor: IReactorFromThreads, *, size: int = 4,
+                 connect_timeout: int = 10) -> None:
         self.conninfo = conninfo
         self.reactor = reactor
         self.size = size

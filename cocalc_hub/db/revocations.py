@@ -22,7 +22,11 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
+
+from cocalc_hub.db.store import Store
+from cocalc_hub.reactors import IReactorTimeThreads
 
 log = Logger()
 
@@ -44,7 +48,7 @@ class RevocationFeed(service.Service):
 
     name = "revocations"
 
-    def __init__(self, store: Any, reactor: Any, deliver: Callable[[list[Revocation]], None], *,
+    def __init__(self, store: Store, reactor: IReactorTimeThreads, deliver: Callable[[list[Revocation]], None], *,
                  poll: float = POLL) -> None:
         self.store = store
         self.reactor = reactor
@@ -135,7 +139,7 @@ class _Listener:
     (re)connection so nothing committed meanwhile is missed. ``listening(True/False)`` is
     called on the reactor when LISTEN is established and when that connection is lost."""
 
-    def __init__(self, conninfo: str, reactor: Any, wake: Callable[[], None],
+    def __init__(self, conninfo: str, reactor: IReactorFromThreads, wake: Callable[[], None],
                  listening: Callable[[bool], None]) -> None:
         self.conninfo = conninfo
         self.reactor = reactor

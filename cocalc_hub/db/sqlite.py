@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -93,7 +94,7 @@ def _sha256_hex(value: Any) -> str | None:
 class SQLiteBackend(Backend):
     kind = "sqlite"
 
-    def __init__(self, path: Path, reactor: Any) -> None:
+    def __init__(self, path: Path, reactor: IReactorFromThreads) -> None:
         self.path = Path(path)
         self.reactor = reactor
         self.dialect = SQLiteDialect()

@@ -87,8 +87,8 @@ class Account:
 
 
 @dataclass(frozen=True)
-class Session:
-    """A remember_me row."""
+class LoginSession:
+    """A browser signed in with a password: a remember_me row (not a conat persist session)."""
 
     hash: str
     account_id: str
@@ -253,7 +253,7 @@ class Store(abc.ABC):
     async def create_session(self, session_hash: str, account_id: str, expire: datetime) -> None: ...
 
     @abc.abstractmethod
-    async def get_session(self, session_hash: str) -> Session | None: ...
+    async def get_session(self, session_hash: str) -> LoginSession | None: ...
 
     @abc.abstractmethod
     async def delete_session(self, session_hash: str) -> bool: ...

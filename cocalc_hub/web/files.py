@@ -11,7 +11,6 @@ import mimetypes
 import os
 import re
 import stat
-from collections import OrderedDict
 from collections.abc import Sequence
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import IO, Any
 from twisted.internet.interfaces import IPullProducer
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
+
+from cocalc_hub.cache import LRU
 
 CHUNK = 64 * 1024
 INLINE_MAX = 64 * 1024
@@ -131,21 +132,15 @@ class GzipCache:
 
     def __init__(self, budget: int = 32 * 1024 * 1024) -> None:
         self.budget = budget
-        self._used = 0
-        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._items: LRU[tuple[str, int, int], bytes] = LRU(budget, weight=len)
 
     def get(self, path: Path, st: os.stat_result) -> bytes:
         key = (str(path), st.st_size, st.st_mtime_ns)
         body = self._items.get(key)
         if body is not None:
-            self._items.move_to_end(key)
             return body
         body = gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
-        self._items[key] = body
-        self._used += len(body)
-        while self._used > self.budget and self._items:
-            _, old = self._items.popitem(last=False)
-            self._used -= len(old)
+        self._items.put(key, body)
         return body
 
 
@@ -248,6 +243,31 @@ class FileProducer:
         self.file.close()
 
 
+def _requested_range(request: Request, size: int, etag_plain: bytes, mtime: float) -> tuple[int, int] | None:
+    """(start, length) of a file to send: all of it, or the Range asked for (a 206); None
+    once a 416 is answered."""
+    start, length = 0, size
+    request.setHeader(b"accept-ranges", b"bytes")
+    rng = request.getHeader(b"range")
+    if_range = request.getHeader(b"if-range")
+    if rng is not None and request.method == b"GET" and (
+        if_range is None or if_range.strip() == etag_plain or if_range.strip() == http_date(mtime)
+    ):
+        parsed = parse_range(rng, size)
+        if parsed is False:
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            request.responseHeaders.removeHeader(b"content-type")
+            request.setHeader(b"content-length", b"0")
+            return None
+        if isinstance(parsed, tuple):
+            start, end = parsed
+            length = end - start + 1
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end, size))
+    return start, length
+
+
 def serve_file(
     request: Request,
     path: Path,
@@ -302,24 +322,10 @@ def serve_file(
 
     start, length = 0, size
     if body is None:
-        request.setHeader(b"accept-ranges", b"bytes")
-        rng = request.getHeader(b"range")
-        if_range = request.getHeader(b"if-range")
-        if rng is not None and request.method == b"GET" and (
-            if_range is None or if_range.strip() == etag_plain or if_range.strip() == http_date(st.st_mtime)
-        ):
-            parsed = parse_range(rng, size)
-            if parsed is False:
-                request.setResponseCode(416)
-                request.setHeader(b"content-range", b"bytes */%d" % size)
-                request.responseHeaders.removeHeader(b"content-type")
-                request.setHeader(b"content-length", b"0")
-                return b""
-            if isinstance(parsed, tuple):
-                start, end = parsed
-                length = end - start + 1
-                request.setResponseCode(206)
-                request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end, size))
+        wanted = _requested_range(request, size, etag_plain, st.st_mtime)
+        if wanted is None:
+            return b""
+        start, length = wanted
 
     request.setHeader(b"content-length", b"%d" % length)
     if head:

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -25,6 +25,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.util import Redirect
 
 from cocalc_hub.logs import redact
+from cocalc_hub.reactors import IReactorListen
 from cocalc_hub.web.errors import error_page
 from cocalc_hub.web.metrics import HubMetrics
 from cocalc_hub.web.request import SERVER_HEADER, HubRequest, peer_host, printable
@@ -153,7 +154,8 @@ class HubSite(server.Site):
     access_level = LogLevel.info
     """Access lines below this level are not even formatted (set from --log-level)."""
 
-    def __init__(self, router: Router, metrics: HubMetrics, reactor: Any, *, trust_proxy: bool = False) -> None:
+    def __init__(self, router: Router, metrics: HubMetrics, reactor: IReactorTime, *,
+                 trust_proxy: bool = False) -> None:
         super().__init__(NotFound(), reactor=reactor, timeout=self.timeout)
         self.router = router
         self.metrics = metrics
@@ -244,7 +246,7 @@ class WebService(service.Service):
 
     name = "web"
 
-    def __init__(self, reactor: Any, site: HubSite, description: str, *, grace: float,
+    def __init__(self, reactor: IReactorListen, site: HubSite, description: str, *, grace: float,
                  public_url: Callable[[IListeningPort], str], on_drain: Callable[[], None] | None = None,
                  factory: Any = None) -> None:
         self.reactor = reactor

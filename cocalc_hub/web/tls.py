@@ -29,6 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cocalc_hub.reactors import IReactorListen
+
 log = Logger()
 
 ALPN: Sequence[bytes] = (b"http/1.1",)
@@ -255,7 +257,7 @@ class ReloadableTLS:
         return True
 
 
-def server_endpoint(reactor: Any, description: str) -> tuple[IStreamServerEndpoint, ReloadableTLS | None]:
+def server_endpoint(reactor: IReactorListen, description: str) -> tuple[IStreamServerEndpoint, ReloadableTLS | None]:
     """The endpoint for a listener description, and its reloadable TLS for ``ssl:``."""
     parsed = parse_ssl(description)
     if parsed is None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import json
+import pkgutil
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
+import cocalc_hub.web.api
 from cocalc_hub.auth.cookies import CookieNames
-from cocalc_hub.web.api import ENDPOINTS, Ctx, Param, endpoint
+from cocalc_hub.web.api import Ctx, EndpointTable, Param
 from cocalc_hub.web.api.openapi import document
+from cocalc_hub.web.api.registry import MODULES, api_endpoints
 from tests.support import CI, parse_response, raw_get, raw_http, settings_for, start_hub
 from tests.web.api_client import ApiClient
 
@@ -34,6 +38,46 @@ def resolve(doc: dict[str, Any], ref: str) -> Any:
     for part in ref[2:].split("/"):
         node = node[part]
     return node
+
+
+ENDPOINTS = api_endpoints()
+
+EXPECTED_PATHS = (
+    "v2/auth/sign-up", "v2/auth/sign-in", "v2/auth/setup-admin", "v2/auth/requires-token", "v2/auth/csrf",
+    "v2/accounts/sign-out", "v2/accounts/profile", "v2/accounts/set-password", "v2/api-keys",
+    "v2/admin/accounts", "v2/admin/projects", "v2/admin/set-admin", "v2/admin/ban", "v2/admin/settings",
+    "v2/admin/set-setting", "v2/admin/create-registration-token",
+    "v2/projects/create", "v2/projects/get", "v2/projects/update", "v2/projects/delete",
+    "v2/projects/collaborators/add", "v2/projects/collaborators/remove", "v2/projects/collaborators/list",
+    "v2/projects/start", "v2/projects/stop", "v2/projects/restart", "v2/projects/state", "v2/projects/touch",
+    "v2/exec",
+)
+"""Every endpoint, in the OpenAPI document's order (a new one is added here on purpose)."""
+
+
+class RegistryTests(unittest.TestCase):
+    """Endpoints are listed in one place (cocalc_hub.web.api.registry), not registered by imports."""
+
+    def test_the_registered_endpoints_are_the_expected_list(self) -> None:
+        self.assertEqual(tuple(api_endpoints()), EXPECTED_PATHS)
+
+    def test_every_module_with_endpoints_is_listed(self) -> None:
+        package = cocalc_hub.web.api
+        with_endpoints = set()
+        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            if isinstance(getattr(module, "ENDPOINTS", None), EndpointTable):
+                with_endpoints.add(module.__name__)
+        self.assertEqual({m.__name__ for m in MODULES}, with_endpoints)
+
+    def test_a_path_claimed_twice_is_refused(self) -> None:
+        table = EndpointTable()
+
+        async def handler(ctx: Ctx) -> dict[str, Any]:
+            return {}
+
+        table.endpoint("v2/x")(handler)
+        self.assertRaises(ValueError, table.endpoint("v2/x"), handler)
 
 
 class OpenApiTests(unittest.TestCase):
@@ -106,18 +150,16 @@ class OpenApiTests(unittest.TestCase):
                 self.assertIn(f'"{p.name}"', source, f"{name}: {p.name}")
 
     def test_made_from_the_registry_it_is_given(self) -> None:
-        registry = dict(ENDPOINTS)
+        table = EndpointTable()
 
-        @endpoint("v2/test/only-here", read_only=True, params=(Param("n", "integer", required=True),))
+        @table.endpoint("v2/test/only-here", read_only=True, params=(Param("n", "integer", required=True),))
         async def only_here(ctx: Ctx) -> dict[str, Any]:
             """A test endpoint."""
             return {}
 
-        try:
-            registry["v2/test/only-here"] = ENDPOINTS["v2/test/only-here"]
-            doc = document(registry, base_path="/x", names=CookieNames.for_base_path("/x"))
-        finally:
-            del ENDPOINTS["v2/test/only-here"]
+        registry = dict(ENDPOINTS)
+        registry["v2/test/only-here"] = table.endpoints["v2/test/only-here"]
+        doc = document(registry, base_path="/x", names=CookieNames.for_base_path("/x"))
         op = doc["paths"]["/v2/test/only-here"]["get"]
         self.assertEqual(op["summary"], "A test endpoint.")  # from the docstring
         self.assertEqual(op["parameters"][0]["schema"], {"type": "integer"})

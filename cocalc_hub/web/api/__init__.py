@@ -1,10 +1,12 @@
 """The JSON API under ``BASE_PATH/api/v2/``: routing, bodies, auth, CSRF, errors.
 
-Endpoints are ``async def handler(ctx) -> dict`` registered with :func:`endpoint`, which
-also describes them (summary, parameters, statuses) for the OpenAPI document served at
-``api/v2/openapi.json`` (:mod:`cocalc_hub.web.api.openapi`), so the document is made from the
-same registry that routes requests. Parameters come from the JSON or urlencoded POST body
-(upstream's convention), and for read-only endpoints also from the query string of a GET.
+Endpoints are ``async def handler(ctx) -> dict`` added to their module's
+:class:`EndpointTable` by its ``endpoint`` decorator, which also describes them (summary,
+parameters, statuses) for the OpenAPI document served at ``api/v2/openapi.json``
+(:mod:`cocalc_hub.web.api.openapi`), so the document is made from the same registry that
+routes requests (:mod:`cocalc_hub.web.api.registry`, which lists the modules). Parameters
+come from the JSON or urlencoded POST body (upstream's convention), and for read-only
+endpoints also from the query string of a GET.
 Errors are JSON with a real HTTP status (upstream answers 200 with ``{error}``).
 """
 
@@ -131,22 +133,29 @@ class Endpoint:
     """Error statuses of this endpoint besides those every endpoint may answer (see openapi)."""
 
 
-ENDPOINTS: dict[str, Endpoint] = {}
+class EndpointTable:
+    """The endpoints one module defines, in the order it defines them. Each API module has one
+    (``ENDPOINTS``); :mod:`cocalc_hub.web.api.registry` lists the modules, so nothing is
+    registered by importing a module elsewhere."""
 
+    def __init__(self) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
 
-def endpoint(path: str, *, read_only: bool = False, anonymous: bool = False, summary: str = "",
-             params: tuple[Param, ...] = (), success: tuple[int, ...] = (200,),
-             errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
-    """Register ``handler`` at ``BASE_PATH/api/<path>``; ``summary`` defaults to the first line
-    of its docstring."""
+    def endpoint(self, path: str, *, read_only: bool = False, anonymous: bool = False, summary: str = "",
+                 params: tuple[Param, ...] = (), success: tuple[int, ...] = (200,),
+                 errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
+        """Add ``handler`` at ``BASE_PATH/api/<path>``; ``summary`` defaults to the first line
+        of its docstring."""
 
-    def register(fn: Handler) -> Handler:
-        text = summary or (fn.__doc__ or "").strip().split("\n")[0]
-        ENDPOINTS[path] = Endpoint(fn, read_only=read_only, anonymous=anonymous, summary=text, params=params,
-                                   success=success, errors=errors)
-        return fn
+        def add(fn: Handler) -> Handler:
+            if path in self.endpoints:
+                raise ValueError(f"two endpoints at {path!r}")
+            text = summary or (fn.__doc__ or "").strip().split("\n")[0]
+            self.endpoints[path] = Endpoint(fn, read_only=read_only, anonymous=anonymous, summary=text,
+                                            params=params, success=success, errors=errors)
+            return fn
 
-    return register
+        return add
 
 
 def _same_origin(request: Request, secure: bool) -> bool:
@@ -169,10 +178,11 @@ class ApiResource(HubResource):
 
     json_errors = True
 
-    def __init__(self, services: ApiServices, endpoints: dict[str, Endpoint] | None = None) -> None:
+    def __init__(self, services: ApiServices, endpoints: dict[str, Endpoint]) -> None:
+        """``endpoints``: cocalc_hub.web.api.registry.api_endpoints() (tests may give others)."""
         super().__init__()
         self.services = services
-        self.endpoints = ENDPOINTS if endpoints is None else endpoints
+        self.endpoints = endpoints
         self._openapi: bytes | None = None
 
     def render(self, request: Request) -> Any:

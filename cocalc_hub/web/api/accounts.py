@@ -6,7 +6,11 @@ from typing import Any
 
 from cocalc_hub.auth.accounts import AuthError
 from cocalc_hub.projects.operations import project_id_param
-from cocalc_hub.web.api import ApiError, Ctx, Param, clear_session_cookies, endpoint, session_cookies
+from cocalc_hub.web.api import ApiError, Ctx, EndpointTable, Param, clear_session_cookies, session_cookies
+
+ENDPOINTS = EndpointTable()
+"""This module's endpoints (listed in cocalc_hub.web.api.registry)."""
+endpoint = ENDPOINTS.endpoint
 
 EMAIL = Param("email", description="The email address (also accepted as email_address).", required=True,
               format="email")

@@ -8,7 +8,11 @@ from typing import Any
 from cocalc_hub.auth.accounts import AuthError
 from cocalc_hub.db.store import Conflict
 from cocalc_hub.projects.operations import account_id_param
-from cocalc_hub.web.api import ApiError, Ctx, Param, endpoint
+from cocalc_hub.web.api import ApiError, Ctx, EndpointTable, Param
+
+ENDPOINTS = EndpointTable()
+"""This module's endpoints (listed in cocalc_hub.web.api.registry)."""
+endpoint = ENDPOINTS.endpoint
 
 EDITABLE_SETTINGS = ("email_signup", "samesite_remember_me", "signup_hides_emails", "site_name")
 PAGE = (Param("limit", "integer", "At most this many (1-1000, default 100)."),

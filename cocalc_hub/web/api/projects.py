@@ -6,7 +6,11 @@ from typing import Any
 
 from cocalc_hub.db.store import Project
 from cocalc_hub.projects.operations import project_id_param
-from cocalc_hub.web.api import PROJECT_ID, Ctx, Param, endpoint, safe_next
+from cocalc_hub.web.api import PROJECT_ID, Ctx, EndpointTable, Param, safe_next
+
+ENDPOINTS = EndpointTable()
+"""This module's endpoints (listed in cocalc_hub.web.api.registry)."""
+endpoint = ENDPOINTS.endpoint
 
 TITLE = Param("title", description="At most 1024 characters.")
 DESCRIPTION = Param("description")
