@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
+from cocalc_hub.internals.twisted_process import twisted_children
 from cocalc_hub.project_agent import process
 from cocalc_hub.project_agent.jobs import Jobs
 from cocalc_hub.project_agent.raw import ProjectRoot
@@ -137,7 +138,7 @@ def run(env: Mapping[str, str]) -> int:
     endpoint.listen(site).addCallbacks(listening, failed)
     # Shut down on SIGTERM (Twisted's handler stops the reactor), killing the jobs first.
     reactor.addSystemEventTrigger("before", "shutdown", jobs.stop_all)
-    reaper = task.LoopingCall(reap_orphans, reactor)
+    reaper = task.LoopingCall(reap_orphans)
     reaper.start(5.0, now=False)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reactor.run()
@@ -174,12 +175,12 @@ def join_conat(reactor: Any, env: Mapping[str, str], token: str, home: Path, job
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
 
 
-def reap_orphans(reactor: Any) -> None:
-    """As a subreaper we inherit orphaned descendants; reap the ones Twisted did not spawn."""
-    known = set(getattr(reactor, "_reapProcessHandlers", {}) or ())
-    from twisted.internet import process as twisted_process
+def reap_orphans() -> None:
+    """As a subreaper we inherit orphaned descendants; reap the ones Twisted did not spawn.
 
-    known |= set(twisted_process.reapProcessHandlers)
+    Called every few seconds: SIGCHLD is the event, but Twisted owns its handler and reaps
+    only its own children with no hook for others, so a periodic look is the honest way."""
+    known = twisted_children()
     try:
         children = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:

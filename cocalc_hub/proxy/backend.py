@@ -11,19 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet import defer, protocol, tcp
+from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
-
-def _can_write_now(transport: Any) -> bool:
-    return bool(isinstance(transport, tcp.Connection) and transport.connected and not transport._writeDisconnected
-            and not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset)
-
-
-_EAGER = all(hasattr(tcp.Connection, name) for name in ("dataBuffer", "offset", "_tempDataBuffer",
-                                                         "_writeDisconnected")) or hasattr(tcp.Connection, "__init__")
+from cocalc_hub.internals.twisted_tcp import nothing_queued
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -32,9 +25,10 @@ def write_now(transport: Any, data: bytes) -> None:
 
     Twisted's transports always queue and send on the next writable event; for a proxy that
     writes one small head per request that doubles the cost of a write. The check uses the
-    plain TCP transport's buffers, so TLS and anything else fall back to ``write``.
+    plain TCP transport's buffers (:mod:`cocalc_hub.internals.twisted_tcp`), so TLS and
+    anything else fall back to ``write``.
     """
-    if _EAGER and _can_write_now(transport):
+    if nothing_queued(transport):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:
