@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from twisted.internet import endpoints, task
@@ -23,6 +23,7 @@ from cocalc_hub.internals.twisted_process import twisted_children
 from cocalc_hub.project_agent import process
 from cocalc_hub.project_agent.jobs import Jobs
 from cocalc_hub.project_agent.raw import ProjectRoot
+from cocalc_hub.reactors import IAgentReactor
 
 log = Logger()
 
@@ -112,7 +113,11 @@ def run(env: Mapping[str, str]) -> int:
         print(f"cocalc-project: cannot use HOME {home}: {e}", file=sys.stderr)
         return 4
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor as twisted_reactor
+
+    # Twisted types its global reactor with a make-believe interface of its own: this names
+    # what the program uses of it (which every reactor provides).
+    reactor = cast(IAgentReactor, twisted_reactor)
 
     # When the process started (the hub's spawn), not when this line ran: importing Twisted
     # on a busy machine can take seconds, and project-info's `started` should not drift by them.
@@ -145,7 +150,8 @@ def run(env: Mapping[str, str]) -> int:
     return 0
 
 
-def join_conat(reactor: Any, env: Mapping[str, str], token: str, home: Path, jobs: Jobs, started: float) -> None:
+def join_conat(reactor: IAgentReactor, env: Mapping[str, str], token: str, home: Path, jobs: Jobs,
+               started: float) -> None:
     """Answer the project API on the hub's conat broker, if the hub said where it is."""
     from cocalc_hub.project_agent.api import ProjectApi
     from cocalc_hub.project_agent.conat_link import start_link

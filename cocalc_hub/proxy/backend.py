@@ -17,6 +17,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
 from cocalc_hub.internals.twisted_tcp import nothing_queued
+from cocalc_hub.reactors import IReactorTimeTCP
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -133,7 +134,7 @@ class _Factory(protocol.ClientFactory):
 class BackendPool:
     """Idle keep-alive connections per target (never shared between requests)."""
 
-    def __init__(self, reactor: Any, *, max_idle: int = 64, idle_timeout: float = 60.0,
+    def __init__(self, reactor: IReactorTimeTCP, *, max_idle: int = 64, idle_timeout: float = 60.0,
                  connect_timeout: float = 5.0, verify: Verify | None = None) -> None:
         self.reactor = reactor
         self.max_idle = max_idle
