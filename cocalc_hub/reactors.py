@@ -10,6 +10,7 @@ from typing import cast
 
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorFDSet,
     IReactorFromThreads,
     IReactorProcess,
     IReactorSSL,
@@ -21,8 +22,27 @@ from twisted.internet.interfaces import (
 
 
 class IReactorTimeTCP(IReactorTime, IReactorTCP):
-    """A clock that also connects over TCP: the conat client's transport (its timers and
-    backoff, and a ``HostnameEndpoint`` to the broker)."""
+    """Timers and outgoing TCP connections: the conat client's transport (its backoff, and a
+    ``HostnameEndpoint`` to the broker), the proxy's backend pool, the hub's HTTP client of
+    project programs, a project program's conat link."""
+
+
+class IReactorTimeProcess(IReactorTime, IReactorProcess):
+    """Timers and child processes: a project program's commands."""
+
+
+class IReactorTimeFDSet(IReactorTime, IReactorFDSet):
+    """Timers and file descriptors to watch: noticing that an adopted project exited (a pidfd)."""
+
+
+class IProjectsReactor(IReactorTimeProcess, IReactorTimeFDSet):
+    """The project manager's: it spawns project programs, holds them to deadlines and
+    watches those it adopted."""
+
+
+class IAgentReactor(IReactorCore, IReactorTimeTCP, IReactorTimeProcess):
+    """The project program's (cocalc_hub.project_agent.main): it runs and stops the reactor,
+    serves and connects over TCP, runs commands and times them."""
 
 
 class IReactorTimeThreads(IReactorTime, IReactorFromThreads):
@@ -39,7 +59,7 @@ class IReactorListen(IReactorTimeTCP, IReactorSSL, IReactorUNIX):
     shutdown grace."""
 
 
-class IHubReactor(IThreadPoolReactor, IReactorThreads, IReactorListen, IReactorProcess):
+class IHubReactor(IThreadPoolReactor, IReactorThreads, IReactorListen, IProjectsReactor):
     """The reactor a whole hub runs on (cocalc_hub.tap): every interface its services use."""
 
 

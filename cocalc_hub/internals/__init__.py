@@ -8,5 +8,6 @@ versions to the range these checks were written against.
 
 * :mod:`.autobahn`: autobahn's WebSocket protocol (the conat transport's fast frame path,
   its lighter handshake and per-connection settings).
-* :mod:`.twisted`: Twisted's TCP connection (writes sent at the end of a read).
+* :mod:`.twisted`: Twisted's TCP connection (writes sent at the end of a read, the proxy's
+  direct writes to a backend) and its table of child processes (the project program's reaper).
 """

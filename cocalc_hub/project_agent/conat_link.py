@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from cocalc_hub.auth.cookies import CookieNames
 from cocalc_hub.conat.client import Client, ConatError, connect
+from cocalc_hub.reactors import IReactorTimeTCP
 from cocalc_hub.subjects import api_subject, state_subject
 
 log = Logger()
@@ -30,7 +31,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class ConatLink:
-    def __init__(self, reactor: Any, *, address: str, project_id: str, secret: str, base_path: str,
+    def __init__(self, reactor: IReactorTimeTCP, *, address: str, project_id: str, secret: str, base_path: str,
                  handler: Callable[[str, list[Any], Any], Any], started: float, delay: float = 0.5,
                  max_delay: float = 20.0, sign_in_timeout: float = 30.0) -> None:
         self.reactor = reactor
@@ -144,8 +145,8 @@ class ConatLink:
             self.client = None
 
 
-def start_link(reactor: Any, env: Mapping[str, str], secret: str, handler: Callable[[str, list[Any], Any], Any],
-               started: float) -> ConatLink | None:
+def start_link(reactor: IReactorTimeTCP, env: Mapping[str, str], secret: str,
+               handler: Callable[[str, list[Any], Any], Any], started: float) -> ConatLink | None:
     """The link if the hub said where its broker is (``CONAT_SERVER``), else None (logged)."""
     address = env.get("CONAT_SERVER", "")
     if not address:

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cocalc_hub.project_agent.files import FileError, confine
+from cocalc_hub.reactors import IReactorTimeProcess
 
 log = Logger()
 
@@ -179,7 +180,7 @@ class Job(ProcessProtocol):
 class Jobs:
     """Validates exec parameters and runs commands in HOME."""
 
-    def __init__(self, reactor: Any, home: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, reactor: IReactorTimeProcess, home: Path, env: Mapping[str, str]) -> None:
         self.reactor = reactor
         self.home = home.resolve()
         self.env = dict(env)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from twisted.internet import endpoints, task
@@ -19,9 +19,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
+from cocalc_hub.internals.twisted_process import twisted_children
 from cocalc_hub.project_agent import process
 from cocalc_hub.project_agent.jobs import Jobs
 from cocalc_hub.project_agent.raw import ProjectRoot
+from cocalc_hub.reactors import IAgentReactor
 
 log = Logger()
 
@@ -111,7 +113,11 @@ def run(env: Mapping[str, str]) -> int:
         print(f"cocalc-project: cannot use HOME {home}: {e}", file=sys.stderr)
         return 4
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor as twisted_reactor
+
+    # Twisted types its global reactor with a make-believe interface of its own: this names
+    # what the program uses of it (which every reactor provides).
+    reactor = cast(IAgentReactor, twisted_reactor)
 
     # When the process started (the hub's spawn), not when this line ran: importing Twisted
     # on a busy machine can take seconds, and project-info's `started` should not drift by them.
@@ -137,14 +143,15 @@ def run(env: Mapping[str, str]) -> int:
     endpoint.listen(site).addCallbacks(listening, failed)
     # Shut down on SIGTERM (Twisted's handler stops the reactor), killing the jobs first.
     reactor.addSystemEventTrigger("before", "shutdown", jobs.stop_all)
-    reaper = task.LoopingCall(reap_orphans, reactor)
+    reaper = task.LoopingCall(reap_orphans)
     reaper.start(5.0, now=False)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reactor.run()
     return 0
 
 
-def join_conat(reactor: Any, env: Mapping[str, str], token: str, home: Path, jobs: Jobs, started: float) -> None:
+def join_conat(reactor: IAgentReactor, env: Mapping[str, str], token: str, home: Path, jobs: Jobs,
+               started: float) -> None:
     """Answer the project API on the hub's conat broker, if the hub said where it is."""
     from cocalc_hub.project_agent.api import ProjectApi
     from cocalc_hub.project_agent.conat_link import start_link
@@ -174,12 +181,12 @@ def join_conat(reactor: Any, env: Mapping[str, str], token: str, home: Path, job
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
 
 
-def reap_orphans(reactor: Any) -> None:
-    """As a subreaper we inherit orphaned descendants; reap the ones Twisted did not spawn."""
-    known = set(getattr(reactor, "_reapProcessHandlers", {}) or ())
-    from twisted.internet import process as twisted_process
+def reap_orphans() -> None:
+    """As a subreaper we inherit orphaned descendants; reap the ones Twisted did not spawn.
 
-    known |= set(twisted_process.reapProcessHandlers)
+    Called every few seconds: SIGCHLD is the event, but Twisted owns its handler and reaps
+    only its own children with no hook for others, so a periodic look is the honest way."""
+    known = twisted_children()
     try:
         children = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:

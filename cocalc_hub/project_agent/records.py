@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub import __version__
@@ -70,7 +71,7 @@ def exec_entry(job: Job) -> dict[str, Any]:
 class ProjectRecords:
     """Open while the conat link is joined (:meth:`joined`, :meth:`left`)."""
 
-    def __init__(self, reactor: Any, project_id: str, info: dict[str, Any], *, max_entries: int = EXEC_LOG_MAX,
+    def __init__(self, reactor: IReactorTime, project_id: str, info: dict[str, Any], *, max_entries: int = EXEC_LOG_MAX,
                  outage: Outage | None = None) -> None:
         self.reactor = reactor
         self.project_id = project_id

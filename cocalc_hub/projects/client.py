@@ -11,6 +11,8 @@ from twisted.internet import defer
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from cocalc_hub.reactors import IReactorTimeTCP
+
 TOKEN_HEADER = "X-CoCalc-Project-Token"
 
 
@@ -32,7 +34,7 @@ class ProjectClientService(service.Service):
 
 
 class ProjectClient:
-    def __init__(self, reactor: Any, base_path: str) -> None:
+    def __init__(self, reactor: IReactorTimeTCP, base_path: str) -> None:
         self.reactor = reactor
         self.prefix = "" if base_path == "/" else base_path
         self.pool = HTTPConnectionPool(reactor, persistent=True)

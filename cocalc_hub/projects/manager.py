@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.auth import project_tokens
@@ -30,6 +31,7 @@ from cocalc_hub.projects import processes, sockets
 from cocalc_hub.projects.environment import project_environment
 from cocalc_hub.projects.program import MAX_OUTPUT_LINES, READY_FD, TOKEN_FD, Exited, ProjectError, ProjectProcess
 from cocalc_hub.projects.watch import ExitWatcher
+from cocalc_hub.reactors import IProjectsReactor
 
 log = Logger()
 
@@ -93,7 +95,7 @@ def state_view(project: Project) -> dict[str, Any]:
 class ProjectManager(service.Service):
     name = "project-manager"
 
-    def __init__(self, store: Store, config: ManagerConfig, reactor: Any, *, procs: Any = processes,
+    def __init__(self, store: Store, config: ManagerConfig, reactor: IProjectsReactor, *, procs: Any = processes,
                  blocking: Callable[..., defer.Deferred[Any]] = threads.deferToThread) -> None:
         self.store = store
         self.config = config
@@ -215,8 +217,9 @@ class ProjectManager(service.Service):
             if project.state_name == "running" or self.reactor.seconds() >= deadline or gone:
                 await self._set(project_id, "opened", expect=(project.state_name,), clear_secret=True, status={})
                 return await self._project(project_id)
-            # The transition is another hub process's: only the store tells, and it has no change
-            # notification across processes, so look again (bounded by the deadline above).
+            # The transition is another hub process's (this one's own hold the project's lock, as
+            # this start does): only the store tells, and it has no change notification across
+            # processes, so polling is the honest answer: look again (bounded by the deadline above).
             await task.deferLater(self.reactor, 0.1, lambda: None)
             project = await self._project(project_id)
 
@@ -542,7 +545,7 @@ class ProjectManager(service.Service):
         return {project_id: self.ptable.rss_bytes(r.pid) for project_id, r in self.active.items()}
 
 
-async def _wait(d: defer.Deferred[Any], timeout: float, reactor: Any) -> None:
+async def _wait(d: defer.Deferred[Any], timeout: float, reactor: IReactorTime) -> None:
     """Wait for ``d`` at most ``timeout`` seconds without consuming its result."""
     waiter: defer.Deferred[None] = defer.Deferred()
 

@@ -28,6 +28,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cocalc_hub.conat.client import Client
@@ -62,7 +63,7 @@ class StatusRecorder(Service):
 
     name = "project-status"
 
-    def __init__(self, client_factory: Callable[[], Client], reactor: Any, *, idle: float = IDLE_CLOSE,
+    def __init__(self, client_factory: Callable[[], Client], reactor: IReactorTime, *, idle: float = IDLE_CLOSE,
                  sweep_every: float = SWEEP_EVERY, grace: float = STARTUP_GRACE) -> None:
         self.clients = LazyClient(client_factory, on_drop=self._drop_kvs)
         """Made on first use (the broker may be set up after the manager)."""

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import task
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
 
 from cocalc_hub.projects import processes
+from cocalc_hub.reactors import IReactorTimeFDSet
 
 
 class _PidFd(FileDescriptor):
-    def __init__(self, reactor: Any, fd: int, on_exit: Callable[[], None]) -> None:
+    def __init__(self, reactor: IReactorFDSet, fd: int, on_exit: Callable[[], None]) -> None:
         FileDescriptor.__init__(self, reactor)
         self._fd = fd
         self._on_exit = on_exit
@@ -42,7 +43,7 @@ class _PidFd(FileDescriptor):
 
 
 class ExitWatcher:
-    def __init__(self, reactor: Any, pid: int, on_exit: Callable[[], None], interval: float = 1.0,
+    def __init__(self, reactor: IReactorTimeFDSet, pid: int, on_exit: Callable[[], None], interval: float = 1.0,
                  alive: Callable[[int], bool] = processes.alive) -> None:
         self.alive = alive
         self.reactor = reactor
@@ -68,6 +69,8 @@ class ExitWatcher:
             self._pidfd = _PidFd(self.reactor, fd, self._fire)
             self._pidfd.startReading()
             return
+        # No pidfd (not Linux, or older than 5.3): nothing tells us that a process we did not
+        # spawn has exited (SIGCHLD only comes for our own children), so look once per interval.
         self._poll = task.LoopingCall(self._check)
         self._poll.clock = self.reactor
         self._poll.start(self.interval, now=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from cocalc_hub.auth.caller import HTTP, Authenticator, Caller
 from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header
@@ -71,7 +72,7 @@ class Decision:
 
 
 class ProxyAccess:
-    def __init__(self, auth: Authenticator, store: Store, names: CookieNames, clock: Any, *,
+    def __init__(self, auth: Authenticator, store: Store, names: CookieNames, clock: IReactorTime, *,
                  ttl: float = DECISION_TTL) -> None:
         self.auth = auth
         self.store = store

@@ -11,19 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet import defer, protocol, tcp
+from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
-
-def _can_write_now(transport: Any) -> bool:
-    return bool(isinstance(transport, tcp.Connection) and transport.connected and not transport._writeDisconnected
-            and not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset)
-
-
-_EAGER = all(hasattr(tcp.Connection, name) for name in ("dataBuffer", "offset", "_tempDataBuffer",
-                                                         "_writeDisconnected")) or hasattr(tcp.Connection, "__init__")
+from cocalc_hub.internals.twisted_tcp import nothing_queued
+from cocalc_hub.reactors import IReactorTimeTCP
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -32,9 +26,10 @@ def write_now(transport: Any, data: bytes) -> None:
 
     Twisted's transports always queue and send on the next writable event; for a proxy that
     writes one small head per request that doubles the cost of a write. The check uses the
-    plain TCP transport's buffers, so TLS and anything else fall back to ``write``.
+    plain TCP transport's buffers (:mod:`cocalc_hub.internals.twisted_tcp`), so TLS and
+    anything else fall back to ``write``.
     """
-    if _EAGER and _can_write_now(transport):
+    if nothing_queued(transport):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:
@@ -139,7 +134,7 @@ class _Factory(protocol.ClientFactory):
 class BackendPool:
     """Idle keep-alive connections per target (never shared between requests)."""
 
-    def __init__(self, reactor: Any, *, max_idle: int = 64, idle_timeout: float = 60.0,
+    def __init__(self, reactor: IReactorTimeTCP, *, max_idle: int = 64, idle_timeout: float = 60.0,
                  connect_timeout: float = 5.0, verify: Verify | None = None) -> None:
         self.reactor = reactor
         self.max_idle = max_idle

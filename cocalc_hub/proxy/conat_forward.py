@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from cocalc_hub.reactors import IReactorTimeTCP
 from cocalc_hub.web.request import HubRequest, client_ip, is_secure
 
 log = Logger()
@@ -54,7 +55,7 @@ class _Backend(protocol.Protocol):
 class Splice(protocol.Protocol):
     """Takes over the client's connection and pipes it to the broker."""
 
-    def __init__(self, reactor: Any, endpoint: Any, head: bytes, where: str) -> None:
+    def __init__(self, reactor: IReactorTimeTCP, endpoint: Any, head: bytes, where: str) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.head = head
@@ -119,7 +120,7 @@ class ConatForwardResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, address: str, *, trust_proxy: bool = False, verify_tls: bool = True,
+    def __init__(self, reactor: IReactorTimeTCP, address: str, *, trust_proxy: bool = False, verify_tls: bool = True,
                  admit: Callable[[Any], str | None] | None = None) -> None:
         super().__init__()
         self.reactor = reactor

@@ -17,6 +17,7 @@ from cocalc_hub.proxy.backend import BackendConnection, BackendPool, Target
 from cocalc_hub.proxy.credentials import CredentialFinder
 from cocalc_hub.proxy.http1 import Headers, RequestHead
 from cocalc_hub.proxy.parse import Route, parse_route
+from cocalc_hub.reactors import IReactorTimeTCP
 
 log = Logger()
 
@@ -26,7 +27,7 @@ COOKIE_VIAS = frozenset({"remember_me", "api_key"})
 
 
 class Proxy:
-    def __init__(self, *, reactor: Any, base_path: str, access: ProxyAccess, manager: ProjectManager,
+    def __init__(self, *, reactor: IReactorTimeTCP, base_path: str, access: ProxyAccess, manager: ProjectManager,
                  names: CookieNames, hub_secret: str | None, trust_proxy: bool, timeout: float,
                  hub_ports: Callable[[], set[int]], csrf_token: Callable[[str], str] | None = None,
                  system_secret: str | None = None, foreign_origin: ForeignOrigin | None = None) -> None:

@@ -21,7 +21,7 @@ from cocalc_hub.proxy.wsframes import POLICY_VIOLATION, FrameEdges, close_frame
 
 if TYPE_CHECKING:
     from cocalc_hub.proxy.access import Decision
-    from cocalc_hub.proxy.frontdoor import FrontDoor
+    from cocalc_hub.proxy.door_relay import RelaySide
     from cocalc_hub.proxy.parse import Route
 
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -30,7 +30,7 @@ MAX_RESPONSE_HEAD = 64 * 1024
 class Exchange:
     """A request forwarded to a backend and its response forwarded back."""
 
-    def __init__(self, front: FrontDoor, req: RequestHead, head: bytes, target: Target, prefix: bytes | None,
+    def __init__(self, front: RelaySide, req: RequestHead, head: bytes, target: Target, prefix: bytes | None,
                  *, upgrade: bool = False) -> None:
         self.front = front
         assert front.proxy is not None
@@ -397,7 +397,7 @@ class Tunnel:
     re-check it when access is revoked, and where the backend's frames end, so that
     :meth:`revoke` can tell the browser why (close code 1008) before closing both sides."""
 
-    def __init__(self, front: FrontDoor, conn: BackendConnection, exchange: Exchange, sent: bytes = b"") -> None:
+    def __init__(self, front: RelaySide, conn: BackendConnection, exchange: Exchange, sent: bytes = b"") -> None:
         self.front = front
         self.conn = conn
         self.closed = False

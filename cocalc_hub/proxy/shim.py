@@ -11,14 +11,14 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport,
 from zope.interface import directlyProvides, implementer
 
 if TYPE_CHECKING:
-    from cocalc_hub.proxy.frontdoor import FrontDoor
+    from cocalc_hub.proxy.door import Door
 
 
 @implementer(ITransport, IPushProducer, IConsumer)
 class Shim:
     """The transport the embedded HTTPChannel (and a protocol it upgrades to) writes to."""
 
-    def __init__(self, front: FrontDoor) -> None:
+    def __init__(self, front: Door) -> None:
         self.front = front
         self.protocol: Any = None
         self.producer: Any = None
