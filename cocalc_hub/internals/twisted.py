@@ -12,7 +12,19 @@ connection's stack, under TLS and the front door's shim):
   ``disconnecting``, ``_writeDisconnected``, ``_aborting`` and ``TLS`` (:func:`idle`);
 * ``socket``: the connected socket object, written to with ``send`` (:func:`send_now`).
 
-The conat transport (:mod:`cocalc_hub.conat.transport.flush` and ``.direct``) uses these;
+The conat transport (:mod:`cocalc_hub.conat.transport.flush` and ``.direct``) and the
+proxy's writes to a backend (:func:`cocalc_hub.proxy.backend.write_now`) use these: Twisted
+always queues a write and sends it on the next writable event, which costs a reactor round
+and two epoll changes per small write on those hot paths; sending directly keeps bytes in
+order only while nothing is queued, which only these attributes tell.
+
+:data:`twisted.internet.process.reapProcessHandlers` (read only): the dict (pid → process)
+of the children ``spawnProcess`` started and has not reaped yet (:func:`twisted_children`).
+The project program is a subreaper (:mod:`cocalc_hub.project_agent.process`): orphaned
+descendants of its commands become its children, and Twisted's SIGCHLD handling reaps only
+the children in that dict. The program reaps the others itself and must leave Twisted's own
+alone (reaping one would lose its exit status and ``processEnded``).
+
 tests/internals/test_twisted.py fails, naming the missing piece, if Twisted changes them.
 """
 
@@ -20,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import process, tcp
 
 
 def tcp_connection(transport: object) -> tcp.Connection | None:
@@ -69,3 +81,8 @@ def send_now(conn: tcp.Connection | None, transport: Any, data: bytes) -> None:
     if sent < len(data):
         transport.write(data[sent:] if sent else data)
         flush(transport)
+
+
+def twisted_children() -> set[int]:
+    """The pids of children Twisted spawned and will reap itself."""
+    return set(process.reapProcessHandlers)

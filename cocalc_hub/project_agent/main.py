@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
-from cocalc_hub.internals.twisted_process import twisted_children
+from cocalc_hub.internals.twisted import twisted_children
 from cocalc_hub.project_agent import process
 from cocalc_hub.project_agent.jobs import Jobs
 from cocalc_hub.project_agent.raw import ProjectRoot

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
-from cocalc_hub.internals.twisted_tcp import nothing_queued
+from cocalc_hub.internals.twisted import idle as nothing_queued
 from cocalc_hub.reactors import IReactorTimeTCP
 
 
@@ -26,10 +26,10 @@ def write_now(transport: Any, data: bytes) -> None:
 
     Twisted's transports always queue and send on the next writable event; for a proxy that
     writes one small head per request that doubles the cost of a write. The check uses the
-    plain TCP transport's buffers (:mod:`cocalc_hub.internals.twisted_tcp`), so TLS and
+    plain TCP transport's buffers (:func:`cocalc_hub.internals.twisted.idle`), so TLS and
     anything else fall back to ``write``.
     """
-    if nothing_queued(transport):
+    if isinstance(transport, tcp.Connection) and nothing_queued(transport):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:

@@ -1,6 +1,6 @@
 """The Twisted private internals the proxy and the project program rely on
-(cocalc_hub.internals.twisted_tcp, cocalc_hub.internals.twisted_process) still exist in the
-installed Twisted and still mean what those modules assume. When one of these fails,
+(cocalc_hub/internals/twisted.py: a TCP connection's send buffer, Twisted's own children)
+still exist in the installed Twisted and still mean what that module assumes. When one of these fails,
 Twisted changed: update the module named in the message (and setup.cfg's bound), do not
 weaken the test."""
 
@@ -14,10 +14,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from cocalc_hub.internals import twisted_process, twisted_tcp
-from cocalc_hub.internals.twisted_tcp import nothing_queued
+from cocalc_hub.internals import twisted as internals
+from cocalc_hub.internals.twisted import idle
 from cocalc_hub.proxy.backend import write_now
 from tests.support import until
+
+PROBED = ("dataBuffer", "offset", "_tempDataBuffer", "_writeDisconnected", "disconnecting", "_aborting", "TLS")
 
 CHANGED = "the installed Twisted ({version}) changed an internal that {module} relies on: {what}"
 
@@ -58,35 +60,35 @@ class TcpBufferProbe(unittest.TestCase):
     async def test_attributes_exist_on_a_real_connection(self) -> None:
         transport, _ = await self.connection(0)
         self.assertIsInstance(transport, tcp.Connection,
-                              changed(twisted_tcp, "a plain TCP client transport is no longer a tcp.Connection"))
-        for name in twisted_tcp.PROBED:
-            self.assertTrue(hasattr(transport, name), changed(twisted_tcp, f"tcp.Connection has no {name!r}"))
-        self.assertTrue(hasattr(transport, "socket"), changed(twisted_tcp, "tcp.Connection has no 'socket'"))
+                              changed(internals, "a plain TCP client transport is no longer a tcp.Connection"))
+        for name in PROBED:
+            self.assertTrue(hasattr(transport, name), changed(internals, f"tcp.Connection has no {name!r}"))
+        self.assertTrue(hasattr(transport, "socket"), changed(internals, "tcp.Connection has no 'socket'"))
 
     async def test_the_probe_tells_an_empty_buffer_from_a_full_one(self) -> None:
         big = b"x" * (8 * 1024 * 1024)
         transport, sink = await self.connection(len(big) + len(b"hello") + len(b"tail"))
-        self.assertTrue(nothing_queued(transport), changed(twisted_tcp, "an idle connection looks busy"))
+        self.assertTrue(idle(transport), changed(internals, "an idle connection looks busy"))
         write_now(transport, b"hello")
-        self.assertTrue(nothing_queued(transport),
-                        changed(twisted_tcp, "a small direct send left something queued"))
+        self.assertTrue(idle(transport),
+                        changed(internals, "a small direct send left something queued"))
         transport.write(big)  # queued: Twisted sends on the next writable event
-        self.assertFalse(nothing_queued(transport),
-                         changed(twisted_tcp, "bytes queued by write() are not seen (a direct send would reorder)"))
+        self.assertFalse(idle(transport),
+                         changed(internals, "bytes queued by write() are not seen (a direct send would reorder)"))
         write_now(transport, b"tail")  # must queue behind them
         received = await sink.done
         self.assertEqual(received, b"hello" + big + b"tail",
-                         changed(twisted_tcp, "bytes were reordered or lost around a queued write"))
+                         changed(internals, "bytes were reordered or lost around a queued write"))
 
-        await until(lambda: nothing_queued(transport), what="the send buffer to drain")
+        await until(lambda: idle(transport), what="the send buffer to drain")
         transport.loseWriteConnection()  # done on the next writable event
 
         def shut() -> bool:
             return bool(getattr(transport, "_writeDisconnected", False))
 
-        await until(shut, timeout=10, what=changed(twisted_tcp, "_writeDisconnected is never set by a half-close"))
-        self.assertFalse(nothing_queued(transport),
-                         changed(twisted_tcp, "a connection whose write side is shut down looks writable"))
+        await until(shut, timeout=10, what=changed(internals, "_writeDisconnected is never set by a half-close"))
+        self.assertFalse(idle(transport),
+                         changed(internals, "a connection whose write side is shut down looks writable"))
 
 
 class _Ends(protocol.ProcessProtocol):
@@ -102,16 +104,16 @@ class ProcessReapingProbe(unittest.TestCase):
 
     def test_the_dict_exists(self) -> None:
         self.assertIsInstance(getattr(process, "reapProcessHandlers", None), dict,
-                              changed(twisted_process, "twisted.internet.process.reapProcessHandlers is gone"))
+                              changed(internals, "twisted.internet.process.reapProcessHandlers is gone"))
 
     async def test_a_spawned_child_is_listed_until_twisted_reaped_it(self) -> None:
         ends = _Ends()
         transport = reactor.spawnProcess(ends, sys.executable, [sys.executable, "-c", "import sys; sys.stdin.read()"],
                                          env=None)
         pid = transport.pid
-        self.assertIn(pid, twisted_process.twisted_children(),
-                      changed(twisted_process, "a child spawnProcess started is not in reapProcessHandlers"))
+        self.assertIn(pid, internals.twisted_children(),
+                      changed(internals, "a child spawnProcess started is not in reapProcessHandlers"))
         transport.closeStdin()
         await ends.ended
-        self.assertNotIn(pid, twisted_process.twisted_children(),
-                         changed(twisted_process, "a child Twisted reaped is still in reapProcessHandlers"))
+        self.assertNotIn(pid, internals.twisted_children(),
+                         changed(internals, "a child Twisted reaped is still in reapProcessHandlers"))
