@@ -52,7 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         return real_add(name, parents=[common], **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
+    # In the order ``--help`` lists them.
+    _account_commands(sub)
+    _project_and_listing_commands(sub)
+    _key_and_setting_commands(sub)
+    _running_hub_commands(sub)
+    return p
 
+
+def _account_commands(sub: Any) -> None:
     c = sub.add_parser("create-account", help="create an account")
     c.add_argument("email")
     c.add_argument("--password", help="default: a random one, printed")
@@ -72,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("account")
     c.add_argument("--unban", action="store_true")
 
+
+def _project_and_listing_commands(sub: Any) -> None:
     c = sub.add_parser("create-project", help="create a project owned by an account")
     c.add_argument("owner", help="email address or account id")
     c.add_argument("--title", default="")
@@ -92,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--account", help="only this account's projects")
     c.add_argument("--limit", type=int, default=1000)
 
+
+def _key_and_setting_commands(sub: Any) -> None:
     c = sub.add_parser("create-api-key", help="create an API key for an account (printed once)")
     c.add_argument("account", help="email address or account id")
     c.add_argument("--name", default="")
@@ -111,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("project_id")
     c.add_argument("values", nargs="+", metavar="NAME=INTEGER")
 
+
+def _running_hub_commands(sub: Any) -> None:
     for name, what in (("start", "start"), ("stop", "stop"), ("restart", "restart"), ("state", "show the state of")):
         c = sub.add_parser(name, help=f"{what} a project (asks the running hub, which owns project processes)")
         c.add_argument("project_id")
@@ -118,7 +132,6 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("setup-link", help="print a new one-time link that creates the first administrator")
     c.add_argument("--url", help="the hub's public URL for the link (default: --hub)")
-    return p
 
 
 class Admin:

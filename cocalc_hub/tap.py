@@ -357,25 +357,39 @@ def build_service(settings: Settings, reactor: IHubReactor, observer: ILogObserv
     hub = HubService(settings, reactor, observer)
     private_files.repair(settings)  # before anything opens a file there
     if settings.parts & {"proxy-server", "conat-server", "conat-api"}:
-        store = prepare_store(settings, reactor)
-        StoreService(store).setServiceParent(hub)
-        auth = build_auth(settings, store, reactor, password_cost=password_cost)
-        AuthService(auth, store).setServiceParent(hub)
-        hub.store, hub.auth = store, auth
-        manager = None
-        if "proxy-server" in settings.parts:
-            manager = build_manager(settings, store, reactor, hub)
-            manager.setServiceParent(hub)
-        client = ProjectClient(reactor, settings.base_path)
-        ProjectClientService(client).setServiceParent(hub)
-        hub.projects = Projects(store, manager, client)
-        hub.projects.listeners.append(auth.auth.forget_project)  # first: the others re-check through it
-        # What other hub processes and cocalc-hub-admin revoke reaches this one's caches and connections.
-        RevocationFeed(store, reactor, revocations_to(auth.auth, hub.projects)).setServiceParent(hub)
-        if "proxy-server" in settings.parts:
-            # While no administrator exists, a one-time setup link in the log (the pages are here).
-            hub.admin_setup = AdminSetup(store, auth.accounts, reactor)
-            AdminSetupService(hub.admin_setup, lambda token: setup_link(settings, hub, token)).setServiceParent(hub)
+        build_accounts_and_projects(settings, hub, reactor, password_cost)
+    build_bus_side(settings, hub, reactor)
+    if settings.serves_http:
+        build_web_side(settings, hub, reactor)
+    return hub
+
+
+def build_accounts_and_projects(settings: Settings, hub: HubService, reactor: IHubReactor,
+                                password_cost: dict[str, int] | None) -> None:
+    """The database, sign-in and the project manager (when this process proxies)."""
+    store = prepare_store(settings, reactor)
+    StoreService(store).setServiceParent(hub)
+    auth = build_auth(settings, store, reactor, password_cost=password_cost)
+    AuthService(auth, store).setServiceParent(hub)
+    hub.store, hub.auth = store, auth
+    manager = None
+    if "proxy-server" in settings.parts:
+        manager = build_manager(settings, store, reactor, hub)
+        manager.setServiceParent(hub)
+    client = ProjectClient(reactor, settings.base_path)
+    ProjectClientService(client).setServiceParent(hub)
+    hub.projects = Projects(store, manager, client)
+    hub.projects.listeners.append(auth.auth.forget_project)  # first: the others re-check through it
+    # What other hub processes and cocalc-hub-admin revoke reaches this one's caches and connections.
+    RevocationFeed(store, reactor, revocations_to(auth.auth, hub.projects)).setServiceParent(hub)
+    if "proxy-server" in settings.parts:
+        # While no administrator exists, a one-time setup link in the log (the pages are here).
+        hub.admin_setup = AdminSetup(store, auth.accounts, reactor)
+        AdminSetupService(hub.admin_setup, lambda token: setup_link(settings, hub, token)).setServiceParent(hub)
+
+
+def build_bus_side(settings: Settings, hub: HubService, reactor: IHubReactor) -> None:
+    """The conat broker or the link to one elsewhere, and the hub's services on the bus."""
     if "conat-server" in settings.parts:
         hub.conat = build_conat(settings, hub, reactor)
         ConatService(hub.conat).setServiceParent(hub)
@@ -399,57 +413,59 @@ def build_service(settings: Settings, reactor: IHubReactor, observer: ILogObserv
         recorder = StatusRecorder(hub.conat_client, reactor)
         hub.projects.manager.listeners.append(recorder)
         recorder.setServiceParent(hub)
-    if settings.serves_http:
-        web = build_web(settings, reactor)
-        hub.web_parts = web
-        link = hub.broker_link
-        if link is not None:
-            web.health.register("conat-broker", link.status)
-            web.metrics.gauge("cocalc_hub_conat_broker_up", "1 while the conat broker (CONAT_SERVER) is connected",
-                              link.up_value)
-        proxy = None
-        if hub.auth is not None and hub.projects is not None and "proxy-server" in settings.parts:
-            services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
-                                   names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path,
-                                   admin_setup=hub.admin_setup)
-            web.router.mount("api", ApiResource(services, api_endpoints()), "api", json_errors=True)
-            pages = PagesResource(services, settings.static_dir, web.gzip_cache)  # the web UI
-            web.router.set_index(pages, "page")
-            for segment in PAGE_SEGMENTS:
-                web.router.mount(segment, pages, "page")
-            web.health.register("database", hub.database_status)
-            if hub.projects.manager is not None:
-                proxy = build_proxy(settings, hub, reactor)
-                ProxyService(proxy).setServiceParent(hub)
-        hub.proxy = proxy
-        conat = hub.conat
+
+
+def build_web_side(settings: Settings, hub: HubService, reactor: IHubReactor) -> None:
+    """The site, the JSON API and pages, the project proxy, conat's WebSocket endpoint, and
+    the front door that listens for all of them (added last, so it is drained first)."""
+    web = build_web(settings, reactor)
+    hub.web_parts = web
+    link = hub.broker_link
+    if link is not None:
+        web.health.register("conat-broker", link.status)
+        web.metrics.gauge("cocalc_hub_conat_broker_up", "1 while the conat broker (CONAT_SERVER) is connected",
+                          link.up_value)
+    proxy = None
+    if hub.auth is not None and hub.projects is not None and "proxy-server" in settings.parts:
+        services = ApiServices(auth=hub.auth.auth, accounts=hub.auth.accounts, projects=hub.projects,
+                               names=hub.auth.names, csrf=hub.auth.csrf, base_path=settings.base_path,
+                               admin_setup=hub.admin_setup)
+        web.router.mount("api", ApiResource(services, api_endpoints()), "api", json_errors=True)
+        pages = PagesResource(services, settings.static_dir, web.gzip_cache)  # the web UI
+        web.router.set_index(pages, "page")
+        for segment in PAGE_SEGMENTS:
+            web.router.mount(segment, pages, "page")
+        web.health.register("database", hub.database_status)
+        if hub.projects.manager is not None:
+            proxy = build_proxy(settings, hub, reactor)
+            ProxyService(proxy).setServiceParent(hub)
+    hub.proxy = proxy
+    conat = hub.conat
+    if conat is not None:
+        web.router.mount("conat", conat.resource, "conat")
+        conat.report(web.metrics)
+    elif "proxy-server" in settings.parts:
+        web.router.mount("conat", conat_elsewhere(settings, reactor), "conat")
+
+    def on_drain() -> None:
+        web.health.shutting_down = True
         if conat is not None:
-            web.router.mount("conat", conat.resource, "conat")
-            conat.report(web.metrics)
-        elif "proxy-server" in settings.parts:
-            web.router.mount("conat", conat_elsewhere(settings, reactor), "conat")
+            conat.close_connections()  # WebSockets would otherwise hold the drain open
 
-        def on_drain() -> None:
-            web.health.shutting_down = True
-            if conat is not None:
-                conat.close_connections()  # WebSockets would otherwise hold the drain open
+    front_door = FrontDoorFactory(web.site, proxy, reactor)
+    if proxy is not None:
+        proxy.front_doors.append(front_door.connections)  # what its guard re-checks on revocations
+    hub.web = WebService(reactor, web.site, settings.listen, grace=settings.shutdown_grace,
+                         public_url=lambda port: public_url(settings, port), on_drain=on_drain,
+                         factory=front_door)
 
-        front_door = FrontDoorFactory(web.site, proxy, reactor)
-        if proxy is not None:
-            proxy.front_doors.append(front_door.connections)  # what its guard re-checks on revocations
-        hub.web = WebService(reactor, web.site, settings.listen, grace=settings.shutdown_grace,
-                             public_url=lambda port: public_url(settings, port), on_drain=on_drain,
-                             factory=front_door)
+    def http_status() -> Status:
+        if web.site.draining:
+            return Status(False, "draining")
+        return Status(hub.web is not None and hub.web.port is not None, "listening")
 
-        def http_status() -> Status:
-            if web.site.draining:
-                return Status(False, "draining")
-            return Status(hub.web is not None and hub.web.port is not None, "listening")
-
-        web.health.register("http", http_status)
-        # Added last, so it is stopped (drained) first.
-        hub.web.setServiceParent(hub)
-    return hub
+    web.health.register("http", http_status)
+    hub.web.setServiceParent(hub)
 
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
