@@ -160,3 +160,20 @@ class ReadmeRenderingTests(unittest.TestCase):
                                           settings_overrides={"report_level": 2, "halt_level": 5,
                                                               "warning_stream": problems})
             self.assertEqual(problems.getvalue(), "", name)
+
+
+class ReadmeMapTests(unittest.TestCase):
+    """README.rst's map ("Layout: a map") names every subpackage and top-level module, so a
+    new room cannot be added without a line saying what it is for."""
+
+    def test_the_map_names_every_subpackage_and_top_level_module(self) -> None:
+        text = (REPO / "README.rst").read_text()
+        section = text.split("Layout: a map\n", 1)[1].split("\nAn HTTP request", 1)[0]
+        package = REPO / "cocalc_hub"
+        wanted = {f"cocalc_hub/{init.parent.relative_to(package).as_posix()}/"
+                  for init in package.rglob("__init__.py") if init.parent != package}
+        wanted |= {f"cocalc_hub/{module.name}" for module in package.glob("*.py")
+                   if module.name not in ("__init__.py", "__main__.py")}
+        missing = sorted(name for name in wanted if name not in section)
+        self.assertEqual(missing, [], "README.rst's map does not name these: add a line for each")
+        self.assertLess(text.index("Layout: a map\n"), text.index("Configuration\n"), "the map is near the top")
