@@ -6,11 +6,14 @@
 A refactor must not make the hub slower, and this machine is noisy: figures only compare
 when both trees are measured in the same minutes. Each round runs the script once from
 ``--before`` and once from ``--after`` (default: this checkout), the order swapped every
-round, each with its own tree first on ``PYTHONPATH`` and as the working directory, with
-this interpreter (so both use the same virtualenv and dependencies; the hub the benchmark
-starts inherits ``PYTHONPATH``). Every run's output is printed under a header naming the
-tree; the benchmark's own lines are unchanged, so its figures can be read side by side.
-The exit status is the first non-zero status of a run.
+round, each with its own tree first on ``PYTHONPATH`` and as the working directory, and
+with the tree's own ``.venv/bin/python`` when it has one (this interpreter otherwise). A
+tree needs its own virtualenv (``make .venv/.test-installed`` in it) when a benchmark
+starts projects: the hub gives a project program a clean environment, without
+``PYTHONPATH``, so the program comes from the virtualenv's (editable) install. Every run's
+output is printed under a header naming the tree; the benchmark's own lines are unchanged,
+so its figures can be read side by side. The exit status is the first non-zero status of
+a run.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ HERE = Path(__file__).resolve().parent.parent
 
 def run(tree: Path, script: str, args: list[str]) -> int:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    own = tree / ".venv" / "bin" / "python"
+    python = str(own) if own.exists() else sys.executable
     started = time.monotonic()
-    print(f"===== {tree} : {script} {' '.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, str(tree / "benchmarks" / script), *args], cwd=tree, env=env)
+    print(f"===== {tree} ({python}): {script} {' '.join(args)}", flush=True)
+    done = subprocess.run([python, str(tree / "benchmarks" / script), *args], cwd=tree, env=env)
     print(f"===== {tree}: exit {done.returncode} after {time.monotonic() - started:.0f} s", flush=True)
     return done.returncode
 

@@ -11,7 +11,6 @@ connections that stay open (cocalc_hub.proxy.guard).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from cocalc_hub.auth.caller import HTTP, Authenticator, Caller
 from cocalc_hub.auth.cookies import CookieNames, parse_cookie_header
+from cocalc_hub.cache import LRU
 from cocalc_hub.db.store import MEMBER_GROUPS, Store
 from cocalc_hub.projects.sockets import ELSEWHERE
 from cocalc_hub.proxy.headers import strip_cookies
@@ -79,7 +79,8 @@ class ProxyAccess:
         self.names = names
         self.clock = clock
         self.ttl = ttl
-        self._decisions: OrderedDict[_Key, tuple[float, Decision]] = OrderedDict()
+        # (deadline, decision); looked up with peek: an entry ages from when it was decided.
+        self._decisions: LRU[_Key, tuple[float, Decision]] = LRU(MAX_ENTRIES)
         self._pending: dict[_Key, defer.Deferred[Decision]] = {}
         self._ports: dict[str, tuple[float, Ports]] = {}
         self._reading: dict[str, defer.Deferred[Ports]] = {}
@@ -89,7 +90,7 @@ class ProxyAccess:
     def cached(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
                secure: bool = False) -> Decision | None:
         """The decision if it is fresh (the proxy's fast path never awaits)."""
-        hit = self._decisions.get((cookie, authorization, project_id, secure))
+        hit = self._decisions.peek((cookie, authorization, project_id, secure))
         if hit is not None and hit[0] > self.clock.seconds():
             expires = hit[1].caller.expires
             if expires is None or expires > self.auth.now():  # (not past the credential's expiry)
@@ -120,7 +121,7 @@ class ProxyAccess:
         project's ports, may have been overtaken)."""
         if decision.generation == self._generation:
             return True
-        hit = self._decisions.get(decision.key) if decision.key is not None else None
+        hit = self._decisions.peek(decision.key) if decision.key is not None else None
         return hit is not None and hit[1] is decision  # (a revocation would have dropped it)
 
     async def recheck(self, decision: Decision) -> Decision:
@@ -139,10 +140,7 @@ class ProxyAccess:
             # Revocations keep coming: answer with the last decision, uncached and marked as
             # made before the newest (the ChannelGuard re-checks a channel opened on it).
             return decision
-        self._decisions[key] = (self.clock.seconds() + self.ttl, decision)
-        self._decisions.move_to_end(key)
-        while len(self._decisions) > MAX_ENTRIES:
-            self._decisions.popitem(last=False)
+        self._decisions.put(key, (self.clock.seconds() + self.ttl, decision))
         return decision
 
     async def _decide(self, cookie: bytes | None, authorization: bytes | None, project_id: str,
@@ -172,8 +170,7 @@ class ProxyAccess:
 
     def forget_project(self, project_id: str) -> None:
         self._generation += 1
-        for key in [k for k in self._decisions if k[2] == project_id]:
-            del self._decisions[key]
+        self._decisions.drop_if(lambda key, _: key[2] == project_id)
         for key in [k for k in self._pending if k[2] == project_id]:
             del self._pending[key]  # a request from now on must not join a decision begun before
         self._ports.pop(project_id, None)
