@@ -20,7 +20,7 @@ from twisted.web.iweb import IRequest
 from cocalc_hub.auth.caller import CONAT, Authenticator, Caller
 from cocalc_hub.auth.cookies import HOST_PREFIX, CookieNames, parse_cookie_header
 from cocalc_hub.conat.broker import BrokerConfig
-from cocalc_hub.conat.connection import Connection, Subscription
+from cocalc_hub.conat.connection import BrokerSubscription, Connection
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.node import ConatNode
 from cocalc_hub.conat.permissions import HUB_USER, SUB, SYSTEM_USER, User, account_user, project_user
@@ -209,7 +209,7 @@ class HubConatNode(ConatNode):
         for conn, sub in self.broker.recheck_project(project_id):
             ensureDeferred(self._recheck_subscription(conn, sub))
 
-    async def _recheck_subscription(self, conn: Connection, sub: Subscription) -> None:
+    async def _recheck_subscription(self, conn: Connection, sub: BrokerSubscription) -> None:
         verdict = conn.allowed(sub.pattern, SUB)
         ok = verdict if isinstance(verdict, bool) else await verdict
         if not ok and not conn.closed:

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from cocalc_hub.conat.connection import Connection, Interest, Routed, Subscription, Waiter, owns_reply
+from cocalc_hub.conat.connection import BrokerSubscription, Connection, Interest, Routed, Waiter, owns_reply
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.patterns import Index, is_valid_subject, is_valid_subject_without_wildcards, matches
 from cocalc_hub.conat.permissions import OPEN_USER, PUB, SUB, Permissions, User, project_of
@@ -347,8 +347,8 @@ class Broker:
         return count
 
     @staticmethod
-    def _sticky(conn: Connection, mid: Any, interest: Interest, queue: str, members: list[Subscription],
-                done: bool) -> Subscription:
+    def _sticky(conn: Connection, mid: Any, interest: Interest, queue: str, members: list[BrokerSubscription],
+                done: bool) -> BrokerSubscription:
         key = (mid, id(interest), queue)
         chosen = conn.sticky.get(key)
         if chosen is None or chosen not in members:
@@ -434,9 +434,9 @@ class Broker:
         self.add(conn, subject, queue)
         return {"status": "added"}
 
-    def add(self, conn: Connection, pattern: str, queue: str) -> Subscription:
+    def add(self, conn: Connection, pattern: str, queue: str) -> BrokerSubscription:
         """Register a subscription (already validated and authorised)."""
-        sub = Subscription(conn, pattern, queue)
+        sub = BrokerSubscription(conn, pattern, queue)
         conn.subs[pattern] = sub
         conn.stats["subs"] = len(conn.subs)
         interest = self.index.get(pattern)
@@ -457,7 +457,7 @@ class Broker:
                 self._drop_waiter(waiter)
         return sub
 
-    def _remove(self, sub: Subscription) -> None:
+    def _remove(self, sub: BrokerSubscription) -> None:
         interest = sub.interest
         if interest is None:
             return
@@ -602,7 +602,7 @@ class Broker:
     def connections_of(self, predicate: Callable[[Connection], bool]) -> list[Connection]:
         return [c for c in self.connections.values() if c.user is not None and not c.rejected and predicate(c)]
 
-    def recheck_project(self, project_id: str) -> list[tuple[Connection, Subscription]]:
+    def recheck_project(self, project_id: str) -> list[tuple[Connection, BrokerSubscription]]:
         """Subscriptions whose permission depends on this project's membership."""
         out = []
         for conn in self.connections.values():
@@ -614,7 +614,7 @@ class Broker:
                     out.append((conn, sub))
         return out
 
-    def drop_subscription(self, conn: Connection, sub: Subscription, message: str) -> None:
+    def drop_subscription(self, conn: Connection, sub: BrokerSubscription, message: str) -> None:
         if conn.subs.get(sub.pattern) is sub:
             del conn.subs[sub.pattern]
             self._remove(sub)

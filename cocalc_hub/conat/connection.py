@@ -83,7 +83,10 @@ class Routed:
         return out
 
 
-class Subscription:
+class BrokerSubscription:
+    """One subscription of one connection, as the broker routes it (the client side has
+    :class:`cocalc_hub.conat.message.Subscription`)."""
+
     __slots__ = ("conn", "pattern", "queue", "prefix", "interest", "order")
 
     def __init__(self, conn: Connection, pattern: str, queue: str) -> None:
@@ -104,7 +107,7 @@ class Interest:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        self.groups: dict[str, list[Subscription]] = {}
+        self.groups: dict[str, list[BrokerSubscription]] = {}
         self.silent = pattern == ">"
 
 
@@ -138,7 +141,7 @@ class Connection:
         self.id = conn_id
         self.user: User | None = None
         self.handshake: Any = None
-        self.subs: dict[str, Subscription] = {}
+        self.subs: dict[str, BrokerSubscription] = {}
         self.queue: deque[tuple[str, list[Any], Any]] = deque()
         self.blocked = True
         """True until signed in, and while an event waits for the database."""
@@ -149,7 +152,7 @@ class Connection:
         self.info_acked = False
         self.timers: list[IDelayedCall] = []
         self.waiters: set[Waiter] = set()
-        self.sticky: dict[tuple[Any, int, str], Subscription] = {}
+        self.sticky: dict[tuple[Any, int, str], BrokerSubscription] = {}
         self.pub_cache: dict[str, tuple[bool, int]] = {}
         self.sub_cache: dict[str, tuple[bool, int]] = {}
         self.replies: OrderedDict[str, float] = OrderedDict()
@@ -162,7 +165,7 @@ class Connection:
             "connected": int(now * 1000), "active": int(now * 1000), "address": ""}
 
     # what subclasses provide
-    def deliver(self, sub: Subscription, msg: Routed) -> None:
+    def deliver(self, sub: BrokerSubscription, msg: Routed) -> None:
         raise NotImplementedError
 
     def emit(self, event: str, payload: Any, callback: Callable[[list[Any]], None] | None = None) -> None:

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cocalc_hub.conat.broker import Broker
-from cocalc_hub.conat.connection import Connection, Routed, Subscription
+from cocalc_hub.conat.connection import BrokerSubscription, Connection, Routed
 from cocalc_hub.conat.permissions import HUB_USER, User
 from cocalc_hub.conat.transport.client import DISCONNECTED, Owner
 
@@ -30,7 +30,7 @@ class LocalConnection(Connection):
         self.transport = transport
         self.stats["address"] = "in-process"
 
-    def deliver(self, sub: Subscription, msg: Routed) -> None:
+    def deliver(self, sub: BrokerSubscription, msg: Routed) -> None:
         self.transport.push(sub.pattern, [{"subject": msg.subject, "data": msg.data()}], None)
 
     def emit(self, event: str, payload: Any, callback: Callable[[list[Any]], None] | None = None) -> None:

@@ -19,25 +19,25 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cocalc_hub.conat.broker import Authenticate, Broker, BrokerConfig
-from cocalc_hub.conat.connection import Connection, Subscription
+from cocalc_hub.conat.connection import BrokerSubscription, Connection
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.local import LocalConnection
 from cocalc_hub.conat.permissions import SYSTEM_USER, Membership, Permissions
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
 from cocalc_hub.conat.transport.sio import SocketIOServer
-from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+from cocalc_hub.conat.transport.socket import Ack, Handshake, NamespaceSocket
 
 
 class SocketConnection(Connection):
     """A broker connection over a Socket.IO socket."""
 
-    def __init__(self, broker: Broker, socket: ServerSocket) -> None:
+    def __init__(self, broker: Broker, socket: NamespaceSocket) -> None:
         super().__init__(broker, socket.sid)
         self.socket = socket
         self.handshake = socket.handshake
         self.stats["address"] = socket.handshake.client_ip
 
-    def deliver(self, sub: Subscription, msg: Any) -> None:
+    def deliver(self, sub: BrokerSubscription, msg: Any) -> None:
         self.socket.emit_raw(sub.prefix + msg.body(), msg.raw, sub, sub.order)
 
     def emit(self, event: str, payload: Any, callback: Any = None) -> None:
@@ -59,15 +59,15 @@ class BrokerHandler:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def socket_connected(self, socket: ServerSocket) -> None:
+    def socket_connected(self, socket: NamespaceSocket) -> None:
         conn = SocketConnection(self.broker, socket)
         socket.state = conn
         self.broker.attach(conn, socket.handshake)
 
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None:
+    def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Ack | None) -> None:
         socket.state.incoming(name, args, ack)
 
-    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None:
+    def socket_disconnected(self, socket: NamespaceSocket, reason: str) -> None:
         conn = socket.state
         if conn is not None:
             self.broker.detach(conn)

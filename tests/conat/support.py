@@ -16,7 +16,7 @@ from twisted.web.server import Site
 
 from cocalc_hub.conat.transport.engine import EngineFactory, EngineOptions, EngineResource
 from cocalc_hub.conat.transport.sio import SocketIOServer
-from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+from cocalc_hub.conat.transport.socket import Ack, Handshake, NamespaceSocket
 from tests.support import WAIT, until
 
 
@@ -206,16 +206,16 @@ class Recorder:
     """A Socket.IO handler that records everything and can be told how to answer."""
 
     def __init__(self) -> None:
-        self.sockets: list[ServerSocket] = []
+        self.sockets: list[NamespaceSocket] = []
         self.events: list[tuple[str, list[Any], Ack | None]] = []
         self.gone: list[str] = []
         self.arrived: defer.Deferred[None] | None = None
         self.auto_ack = True
 
-    def socket_connected(self, socket: ServerSocket) -> None:
+    def socket_connected(self, socket: NamespaceSocket) -> None:
         self.sockets.append(socket)
 
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None:
+    def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Ack | None) -> None:
         self.events.append((name, args, ack))
         if ack is not None and self.auto_ack:
             ack({"got": name, "args": args})
@@ -223,7 +223,7 @@ class Recorder:
             d, self.arrived = self.arrived, None
             d.callback(None)
 
-    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None:
+    def socket_disconnected(self, socket: NamespaceSocket, reason: str) -> None:
         self.gone.append(reason)
 
     def wait(self, timeout: float = WAIT) -> defer.Deferred[None]:

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from cocalc_hub.conat.client import JSON, Client, Message, connect
 from cocalc_hub.conat.transport.barriers import BARRIER, PLAIN
 from cocalc_hub.conat.transport.engine import EngineOptions
-from cocalc_hub.conat.transport.socket import Ack, ServerSocket
+from cocalc_hub.conat.transport.socket import Ack, NamespaceSocket
 from tests.conat.support import open_session, serve_engine, ws_connect
 from tests.support import CI, REPO, settings_for, start_hub
 
@@ -32,32 +32,32 @@ PING = "2"
 class Scripted:
     """A Socket.IO handler that runs ``script[name](socket, ack)`` for each event."""
 
-    def __init__(self, script: dict[str, Callable[[ServerSocket, Ack | None], None]]) -> None:
+    def __init__(self, script: dict[str, Callable[[NamespaceSocket, Ack | None], None]]) -> None:
         self.script = script
 
-    def socket_connected(self, socket: ServerSocket) -> None:
+    def socket_connected(self, socket: NamespaceSocket) -> None:
         pass
 
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None:
+    def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Ack | None) -> None:
         self.script[name](socket, ack)
 
-    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None:
+    def socket_disconnected(self, socket: NamespaceSocket, reason: str) -> None:
         pass
 
 
 REPLY, FEED = object(), object()
 
 
-def reply(socket: ServerSocket, n: int) -> None:
+def reply(socket: NamespaceSocket, n: int) -> None:
     socket.emit_raw(f'451-["_INBOX.x.*",{{"n":{n}}}]', b"reply", REPLY, BARRIER)
 
 
-def feed(socket: ServerSocket, n: int) -> None:
+def feed(socket: NamespaceSocket, n: int) -> None:
     socket.emit_raw(f'451-["feed",{{"n":{n}}}]', b"feed", FEED, PLAIN)
 
 
 class FrameTests(unittest.TestCase):
-    async def session(self, script: dict[str, Callable[[ServerSocket, Ack | None], None]],
+    async def session(self, script: dict[str, Callable[[NamespaceSocket, Ack | None], None]],
                       options: EngineOptions = OPTIONS) -> tuple[Any, task.Clock, Any]:
         clock = task.Clock()
         port, factory = serve_engine(self, Scripted(script), options, clock=clock)
@@ -69,12 +69,12 @@ class FrameTests(unittest.TestCase):
         return await ws.text(), await ws.binary()
 
     async def test_a_delivery_for_another_flow_waits_for_the_pong_after_a_reply(self) -> None:
-        def go(socket: ServerSocket, ack: Ack | None) -> None:
+        def go(socket: NamespaceSocket, ack: Ack | None) -> None:
             reply(socket, 1)
             feed(socket, 2)
             reply(socket, 3)
 
-        def sync(socket: ServerSocket, ack: Ack | None) -> None:
+        def sync(socket: NamespaceSocket, ack: Ack | None) -> None:
             assert ack is not None
             ack("synced")
 
@@ -98,7 +98,7 @@ class FrameTests(unittest.TestCase):
         self.assertEqual(await ws.text(), PING)
 
     async def test_replies_on_the_same_inbox_and_acks_are_not_held(self) -> None:
-        def go(socket: ServerSocket, ack: Ack | None) -> None:
+        def go(socket: NamespaceSocket, ack: Ack | None) -> None:
             reply(socket, 1)
             reply(socket, 2)
             assert ack is not None
@@ -112,10 +112,10 @@ class FrameTests(unittest.TestCase):
         self.assertEqual(factory.turns.holds, 0)
 
     async def test_once_the_barrier_has_left_later_deliveries_are_not_held(self) -> None:
-        def first(socket: ServerSocket, ack: Ack | None) -> None:
+        def first(socket: NamespaceSocket, ack: Ack | None) -> None:
             reply(socket, 1)
 
-        def then(socket: ServerSocket, ack: Ack | None) -> None:
+        def then(socket: NamespaceSocket, ack: Ack | None) -> None:
             feed(socket, 2)
 
         ws, clock, _ = await self.session({"first": first, "then": then})
@@ -127,16 +127,16 @@ class FrameTests(unittest.TestCase):
         self.assertEqual(await self.delivery(ws), ('451-["feed",{"n":2}]', b"feed"))
 
     async def test_a_confirmed_ack_holds_everything_after_it_until_the_pong(self) -> None:
-        def subscribe(socket: ServerSocket, ack: Ack | None) -> None:
+        def subscribe(socket: NamespaceSocket, ack: Ack | None) -> None:
             assert ack is not None
             ack.confirm({"status": "added"})
 
-        def other(socket: ServerSocket, ack: Ack | None) -> None:
+        def other(socket: NamespaceSocket, ack: Ack | None) -> None:
             assert ack is not None
             ack("other")
             feed(socket, 1)
 
-        def go(socket: ServerSocket, ack: Ack | None) -> None:
+        def go(socket: NamespaceSocket, ack: Ack | None) -> None:
             clock.advance(OPTIONS.ping_interval)
 
         ws, clock, _ = await self.session({"subscribe": subscribe, "other": other, "go": go})
@@ -153,7 +153,7 @@ class FrameTests(unittest.TestCase):
         self.assertEqual(await self.delivery(ws), ('451-["feed",{"n":1}]', b"feed"))
 
     async def test_an_unsolicited_pong_releases_nothing(self) -> None:
-        def go(socket: ServerSocket, ack: Ack | None) -> None:
+        def go(socket: NamespaceSocket, ack: Ack | None) -> None:
             reply(socket, 1)
             feed(socket, 2)
 
@@ -169,7 +169,7 @@ class FrameTests(unittest.TestCase):
         self.assertEqual(await self.delivery(ws), ('451-["feed",{"n":2}]', b"feed"))
 
     async def test_closing_sends_what_was_held_before_the_close_frame(self) -> None:
-        def go(socket: ServerSocket, ack: Ack | None) -> None:
+        def go(socket: NamespaceSocket, ack: Ack | None) -> None:
             reply(socket, 1)
             feed(socket, 2)
 
@@ -184,7 +184,7 @@ class FrameTests(unittest.TestCase):
     async def test_a_client_that_never_answers_cannot_make_the_server_hold_without_bound(self) -> None:
         small = EngineOptions(ping_interval=10.0, ping_timeout=10.0, connect_timeout=10.0, max_backlog=10_000)
 
-        def go(socket: ServerSocket, ack: Ack | None) -> None:
+        def go(socket: NamespaceSocket, ack: Ack | None) -> None:
             reply(socket, 1)
             for _ in range(20):
                 socket.emit_raw('451-["feed",{}]', b"x" * 1000, FEED, PLAIN)

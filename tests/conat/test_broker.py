@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from cocalc_hub.conat.broker import Broker, BrokerConfig
-from cocalc_hub.conat.connection import Connection, Routed, Subscription
+from cocalc_hub.conat.connection import BrokerSubscription, Connection, Routed
 from cocalc_hub.conat.errors import ConatError
 from cocalc_hub.conat.permissions import HUB_USER, Permissions, User, account_user
 
@@ -26,7 +26,7 @@ class Fake(Connection):
         self.deliveries: list[tuple[str, str, list[Any]]] = []
         self.disconnected = False
 
-    def deliver(self, sub: Subscription, msg: Routed) -> None:
+    def deliver(self, sub: BrokerSubscription, msg: Routed) -> None:
         self.deliveries.append((sub.pattern, msg.subject, msg.data()))
 
     def emit(self, event: str, payload: Any, callback: Any = None) -> None:

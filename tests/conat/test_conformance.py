@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 from cocalc_hub.conat.transport.engine import EngineOptions, EngineProtocol
 from cocalc_hub.conat.transport.sio import SocketIOServer
-from cocalc_hub.conat.transport.socket import Ack, ServerSocket
+from cocalc_hub.conat.transport.socket import Ack, NamespaceSocket
 from tests.conat.support import RawWS, serve_engine, ws_connect
 
 OPTIONS = EngineOptions(ping_interval=0.3, ping_timeout=0.2, connect_timeout=1.0, max_payload=1_000_000)
@@ -52,16 +52,16 @@ class Echo:
 class SuiteHandler:
     """The Socket.IO suite's server, for one namespace."""
 
-    def socket_connected(self, socket: ServerSocket) -> None:
+    def socket_connected(self, socket: NamespaceSocket) -> None:
         socket.emit("auth", socket.auth)
 
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None:
+    def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Ack | None) -> None:
         if name == "message":
             socket.emit("message-back", *args)
         elif name == "message-with-ack" and ack is not None:
             ack(*args)
 
-    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None:
+    def socket_disconnected(self, socket: NamespaceSocket, reason: str) -> None:
         pass
 
 

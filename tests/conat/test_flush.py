@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from cocalc_hub.conat.transport.flush import flush, socket_transport
 from cocalc_hub.conat.transport.frames import masked_frame
-from cocalc_hub.conat.transport.socket import Ack, ServerSocket
+from cocalc_hub.conat.transport.socket import Ack, NamespaceSocket
 from tests.conat.support import Recorder, open_session, serve_engine, ws_connect
 from tests.support import until
 
@@ -82,13 +82,13 @@ class EngineFlushTests(unittest.TestCase):
         self.assertIn(b'431[{"got":"hello","args":[]}]', data)
 
     async def test_what_a_read_wrote_to_other_connections_leaves_too(self) -> None:
-        sockets: list[ServerSocket] = []
+        sockets: list[NamespaceSocket] = []
 
         class Relay(Recorder):
-            def socket_connected(self, socket: ServerSocket) -> None:
+            def socket_connected(self, socket: NamespaceSocket) -> None:
                 sockets.append(socket)
 
-            def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None:
+            def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Ack | None) -> None:
                 for other in sockets:
                     if other is not socket:
                         other.emit("relayed", name)

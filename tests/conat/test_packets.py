@@ -417,7 +417,7 @@ class AckEncodingTests(SynchronousTestCase):
     """An Ack writes the same packet whether it takes the flat-dict shortcut or not."""
 
     def sent(self, args: tuple[Any, ...], nsp: str = "/", confirm: bool = False) -> list[Any]:
-        from cocalc_hub.conat.transport.socket import Ack, Handshake, ServerSocket
+        from cocalc_hub.conat.transport.socket import Ack, Handshake, NamespaceSocket
 
         out: list[Any] = []
 
@@ -425,7 +425,7 @@ class AckEncodingTests(SynchronousTestCase):
             def send_packet(self, text: str, binaries: list[bytes], flow: object = None, order: int = 0) -> None:
                 out.append(([text, *binaries], order))
 
-        ack = Ack(ServerSocket("sid", Sender(), Handshake(), nsp=nsp), 12)  # type: ignore[arg-type]
+        ack = Ack(NamespaceSocket("sid", Sender(), Handshake(), nsp=nsp), 12)  # type: ignore[arg-type]
         (ack.confirm if confirm else ack)(*args)
         ack(*args)  # only the first call is sent
         return out

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from cocalc_hub.conat.transport.engine import EngineOptions, EngineProtocol
 from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.sio import SocketIOServer
-from cocalc_hub.conat.transport.socket import ConnectRefused, ServerSocket
+from cocalc_hub.conat.transport.socket import ConnectRefused, NamespaceSocket
 from tests.conat.support import RawWS, Recorder, serve_engine, ws_connect
 from tests.conat.test_interop import NODE_DIR, require_node, require_python_socketio, run_script
 from tests.support import until
@@ -27,7 +27,7 @@ class Gatekeeper(Recorder):
         super().__init__()
         self.asked: list[Any] = []
 
-    def socket_connecting(self, socket: ServerSocket) -> None:
+    def socket_connecting(self, socket: NamespaceSocket) -> None:
         self.asked.append(socket.auth)
         if socket.auth.get("token") != "ok":
             raise ConnectRefused("not authorized", {"token": socket.auth.get("token")})
@@ -175,7 +175,7 @@ class LaterGatekeeper(Recorder):
         super().__init__()
         self.decisions: list[defer.Deferred[None]] = []
 
-    def socket_connecting(self, socket: ServerSocket) -> defer.Deferred[None]:
+    def socket_connecting(self, socket: NamespaceSocket) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         self.decisions.append(d)
         return d
@@ -184,7 +184,7 @@ class LaterGatekeeper(Recorder):
 class AsyncGatekeeper(Recorder):
     """A coroutine that refuses ``bad`` after a turn of the reactor."""
 
-    async def socket_connecting(self, socket: ServerSocket) -> None:
+    async def socket_connecting(self, socket: NamespaceSocket) -> None:
         await task.deferLater(reactor, 0, lambda: None)
         if socket.auth.get("token") == "bad":
             raise ConnectRefused("no", "later")
@@ -296,11 +296,11 @@ class EngineOnlyTests(unittest.TestCase):
 class Asker(Recorder):
     """Answers ``ask`` by asking the client a ``question`` (with an ack) first."""
 
-    def socket_connected(self, socket: ServerSocket) -> None:
+    def socket_connected(self, socket: NamespaceSocket) -> None:
         super().socket_connected(socket)
         socket.emit("auth", socket.auth)
 
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Any) -> None:
+    def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Any) -> None:
         if name == "ask" and ack is not None:
             socket.emit("question", args[0], callback=lambda answer: ack(answer[0], answer[1].hex()))
         elif name == "echo" and ack is not None:

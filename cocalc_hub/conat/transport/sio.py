@@ -5,7 +5,7 @@ A :class:`SocketIOServer` is an Engine.IO handler: it gives every Engine.IO conn
 packets of that connection's messages and routes them by namespace. A server has one
 :class:`~.socket.Handler` per namespace (the conat broker is the handler of ``/``); a
 client may join several namespaces over one connection, each with its own
-:class:`~.socket.ServerSocket`, and leave them one by one (``41/nsp,``) while the
+:class:`~.socket.NamespaceSocket`, and leave them one by one (``41/nsp,``) while the
 connection stays open. A CONNECT to a namespace nobody serves gets
 ``44/nsp,{"message":"Invalid namespace"}``, as from the reference server.
 
@@ -27,7 +27,7 @@ from cocalc_hub.conat.transport import packets
 from cocalc_hub.conat.transport.engine import new_sid
 from cocalc_hub.conat.transport.packets import ProtocolError
 from cocalc_hub.conat.transport.session import PacketReader
-from cocalc_hub.conat.transport.socket import Ack, ConnectRefused, Handler, ServerSocket, nsp_part
+from cocalc_hub.conat.transport.socket import Ack, ConnectRefused, Handler, NamespaceSocket, nsp_part
 
 if TYPE_CHECKING:
     from cocalc_hub.conat.transport.engine import EngineProtocol
@@ -64,8 +64,8 @@ class SocketIOClient(PacketReader):
     def __init__(self, server: SocketIOServer, engine: EngineProtocol) -> None:
         self.server = server
         self.engine = engine
-        self.socket: ServerSocket | None = None
-        self.others: dict[str, ServerSocket] | None = None
+        self.socket: NamespaceSocket | None = None
+        self.others: dict[str, NamespaceSocket] | None = None
         self.joining: set[str] | None = None
         """Namespaces whose handler is still deciding on a CONNECT (``socket_connecting``)."""
         self.gone = False
@@ -83,7 +83,7 @@ class SocketIOClient(PacketReader):
 
     # Socket.IO packets ------------------------------------------------------------------
 
-    def sockets(self) -> list[ServerSocket]:
+    def sockets(self) -> list[NamespaceSocket]:
         out = [] if self.socket is None else [self.socket]
         if self.others:
             out.extend(self.others.values())
@@ -128,7 +128,7 @@ class SocketIOClient(PacketReader):
         if self.joining is not None and nsp in self.joining:
             return  # its handler is still deciding
         engine = self.engine
-        socket = ServerSocket(new_sid(), engine, engine.handshake, nsp=nsp, auth=auth, client=self)
+        socket = NamespaceSocket(new_sid(), engine, engine.handshake, nsp=nsp, auth=auth, client=self)
         connecting = getattr(handler, "socket_connecting", None)
         if connecting is None:
             self._accept(handler, socket)
@@ -161,7 +161,7 @@ class SocketIOClient(PacketReader):
 
         decided.addCallbacks(decided_, decided_, callbackArgs=(True,), errbackArgs=(False,))
 
-    def _accept(self, handler: Handler, socket: ServerSocket) -> None:
+    def _accept(self, handler: Handler, socket: NamespaceSocket) -> None:
         nsp = socket.nsp
         if nsp == "/":
             self.socket = socket
@@ -177,7 +177,7 @@ class SocketIOClient(PacketReader):
         except Exception:
             log.failure("socket.io: connect handler failed")
 
-    def _refused(self, socket: ServerSocket, failure: Failure) -> None:
+    def _refused(self, socket: NamespaceSocket, failure: Failure) -> None:
         socket.closed()
         if failure.check(ConnectRefused):
             self._refuse(socket.nsp, failure.value.payload())  # type: ignore[union-attr]
@@ -188,7 +188,7 @@ class SocketIOClient(PacketReader):
     def _refuse(self, nsp: str, payload: dict[str, Any]) -> None:
         self.engine.send_packet(f"44{nsp_part(nsp)}{packets.dumps(payload)}", [])
 
-    def _gone(self, socket: ServerSocket, reason: str) -> None:
+    def _gone(self, socket: NamespaceSocket, reason: str) -> None:
         nsp = socket.nsp
         if nsp == "/":
             if self.socket is not socket:
@@ -202,7 +202,7 @@ class SocketIOClient(PacketReader):
         except Exception:
             log.failure("socket.io: disconnect handler failed")
 
-    def disconnect_socket(self, socket: ServerSocket, close: bool) -> None:
+    def disconnect_socket(self, socket: NamespaceSocket, close: bool) -> None:
         """The server leaves ``socket``'s namespace (``41``); ``close`` closes the connection."""
         if not socket.connected:
             return

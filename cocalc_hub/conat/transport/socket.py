@@ -1,7 +1,7 @@
 """The Socket.IO side of a connection: sockets, events, acknowledgements, handlers.
 
 A :class:`Handler` (the conat broker is one, on the root namespace ``/``) serves one
-namespace and sees its clients as :class:`ServerSocket` objects: it is told when a client
+namespace and sees its clients as :class:`NamespaceSocket` objects: it is told when a client
 joins the namespace (with the CONNECT packet's payload in ``socket.auth``), receives every
 event with its arguments (binary attachments already put back in place) and an optional
 :class:`Ack`, and is told when the socket goes away, whatever the cause. A handler that
@@ -47,16 +47,16 @@ class Sender(Protocol):
     def resume_input(self) -> None: ...
 
 
-class Client(Protocol):
+class SioConnection(Protocol):
     """The Socket.IO side of a connection, which holds its namespaces' sockets."""
 
-    def disconnect_socket(self, socket: ServerSocket, close: bool) -> None: ...
+    def disconnect_socket(self, socket: NamespaceSocket, close: bool) -> None: ...
 
 
 class Handler(Protocol):
-    def socket_connected(self, socket: ServerSocket) -> None: ...
-    def socket_event(self, socket: ServerSocket, name: str, args: list[Any], ack: Ack | None) -> None: ...
-    def socket_disconnected(self, socket: ServerSocket, reason: str) -> None: ...
+    def socket_connected(self, socket: NamespaceSocket) -> None: ...
+    def socket_event(self, socket: NamespaceSocket, name: str, args: list[Any], ack: Ack | None) -> None: ...
+    def socket_disconnected(self, socket: NamespaceSocket, reason: str) -> None: ...
 
 
 class ConnectRefused(Exception):
@@ -85,7 +85,7 @@ class Ack:
 
     __slots__ = ("socket", "id", "sent")
 
-    def __init__(self, socket: ServerSocket, ack_id: int) -> None:
+    def __init__(self, socket: NamespaceSocket, ack_id: int) -> None:
         self.socket = socket
         self.id = ack_id
         self.sent = False
@@ -123,14 +123,14 @@ class Ack:
             socket.sender.send_packet(f"43{nsp_part(socket.nsp)}{self.id}{json_text}", [])
 
 
-class ServerSocket:
+class NamespaceSocket:
     """One client on one namespace (``nsp``) of a connection."""
 
     __slots__ = ("sid", "sender", "handshake", "connected", "_next_ack", "_acks", "state", "nsp", "_auth", "client",
                  "__weakref__")
 
     def __init__(self, sid: str, sender: Sender, handshake: Handshake, *, nsp: str = "/",
-                 auth: Any = None, client: Client | None = None) -> None:
+                 auth: Any = None, client: SioConnection | None = None) -> None:
         self.sid = sid
         self.sender = sender
         self.handshake = handshake
