@@ -9,13 +9,13 @@ from __future__ import annotations
 import socket as pysocket
 from typing import Any
 
-from twisted.internet import reactor, tcp
-from twisted.internet.protocol import Protocol
+from twisted.internet import tcp
 from twisted.trial import unittest
 
 from cocalc_hub.conat.transport.direct import idle, plain_tcp, send_now
 from cocalc_hub.conat.transport.frames import masked_frame
 from tests.conat.support import Recorder, open_session, serve_engine, ws_connect
+from tests.internals.support import TcpPairCase
 
 
 def peek(transport: Any) -> bytes | None:
@@ -37,21 +37,7 @@ class Shim:
         self.front = Front(transport)
 
 
-class PlainTcpTests(unittest.SynchronousTestCase):
-    def setUp(self) -> None:
-        ours, self.peer = pysocket.socketpair()
-        ours.setblocking(False)
-        self.peer.setblocking(False)
-        self.conn = tcp.Connection(ours, Protocol(), reactor)
-        self.conn.connected = 1
-
-        def close() -> None:
-            self.conn.stopWriting()
-            ours.close()
-            self.peer.close()
-
-        self.addCleanup(close)
-
+class PlainTcpTests(TcpPairCase):
     def test_found_directly_or_under_the_shim_never_under_tls(self) -> None:
         self.assertIs(plain_tcp(self.conn), self.conn)
         self.assertIs(plain_tcp(Shim(self.conn)), self.conn)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import socket as pysocket
 from importlib.metadata import version
 from typing import Any
 
+from twisted.internet import reactor, tcp
+from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 MISSING = object()
@@ -28,3 +31,29 @@ def need(case: unittest.TestCase, lib: str, owner: Any, name: str, params: list[
             case.fail(f"{installed}: {where} takes ({', '.join(got)}), cocalc_hub/internals/{lib.lower()}.py "
                       f"calls it with ({', '.join(params)})")
     return value
+
+
+class TcpPairCase(unittest.SynchronousTestCase):
+    """A real :class:`twisted.internet.tcp.Connection` (``self.conn``) on one end of a
+    socket pair, not registered with the reactor, and the other end (``self.peer``) to read
+    what it sent: for checks of what Twisted's TCP transport does with its buffers."""
+
+    def setUp(self) -> None:
+        ours, self.peer = pysocket.socketpair()
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.conn = tcp.Connection(ours, Protocol(), reactor)
+        self.conn.connected = 1
+
+        def close() -> None:
+            self.conn.stopWriting()
+            ours.close()
+            self.peer.close()
+
+        self.addCleanup(close)
+
+    def received(self) -> bytes:
+        try:
+            return self.peer.recv(65536)
+        except BlockingIOError:
+            return b""

@@ -7,35 +7,13 @@ from __future__ import annotations
 
 import socket as pysocket
 
-from twisted.internet import reactor, tcp
-from twisted.internet.protocol import Protocol
-from twisted.trial import unittest
+from twisted.internet import tcp
 
 from cocalc_hub.internals.twisted import flush, idle, is_plain, send_now, tcp_connection
-from tests.internals.support import need
+from tests.internals.support import TcpPairCase, need
 
 
-class TcpConnectionTests(unittest.SynchronousTestCase):
-    def setUp(self) -> None:
-        ours, self.peer = pysocket.socketpair()
-        ours.setblocking(False)
-        self.peer.setblocking(False)
-        self.conn = tcp.Connection(ours, Protocol(), reactor)
-        self.conn.connected = 1
-
-        def close() -> None:
-            self.conn.stopWriting()
-            ours.close()
-            self.peer.close()
-
-        self.addCleanup(close)
-
-    def received(self) -> bytes:
-        try:
-            return self.peer.recv(65536)
-        except BlockingIOError:
-            return b""
-
+class TcpConnectionTests(TcpPairCase):
     def test_the_methods_are_there(self) -> None:
         need(self, "Twisted", tcp.Connection, "doWrite", [])
         need(self, "Twisted", tcp.Connection, "abortConnection", [])
