@@ -1,12 +1,14 @@
 """The project proxy against nginx ``proxy_pass``, measured in one run on loopback.
 
-    .venv/bin/python benchmarks/bench_proxy.py [--seconds 8] [--connections 50]
+    .venv/bin/python benchmarks/bench_proxy.py [--seconds 8] [--connections 50] [--only small]
 
 Needs Debian's ``nginx`` and ``wrk`` (``apt-get install nginx wrk``) and ``curl``. A hub runs
 as a real ``twistd`` process; nginx (1 worker) runs *inside* a project as the backend, so
 the hub's port-ownership check passes; a second nginx (1 worker, upstream keepalive) is
-the reference proxy. Figures: small keep-alive responses (req/s and p99), 64 KiB and
-100 MB transfers (throughput), and WebSocket echo (throughput and added round-trip time).
+the reference proxy. Figures: small keep-alive responses (req/s, p99, and the hub's CPU
+time per request, which a noisy machine disturbs less than req/s), 64 KiB and 100 MB
+transfers (throughput), and WebSocket echo (throughput and added round-trip time).
+``--only small`` stops after the small responses.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
+import psutil
 from support import TWISTD, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--only", choices=["small"], help="only the small keep-alive responses")
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "curl"):
         if shutil.which(tool) is None:
@@ -161,6 +165,7 @@ def main() -> None:
     ref = None
     try:
         wait_port(hub_port)
+        hub_process = psutil.Process(hub.pid)
         api = Api(f"http://127.0.0.1:{hub_port}")
         api.post("auth/sign-up", {"email": "bench@example.com", "password": "a-Good-passphrase"})
         api.post("auth/sign-in", {"email": "bench@example.com", "password": "a-Good-passphrase"})  # (202 above)
@@ -210,12 +215,19 @@ http {{ access_log off;
                               ("nginx proxy_pass", f"{via_nginx}/hello", None),
                               ("cocalc-hub /server/", f"{server}/hello", cookie),
                               ("cocalc-hub /port/", port_url, cookie)):
+            cpu_before = sum(hub_process.cpu_times()[:2])
             r = wrk(url, s, c, ck)
+            hub_cpu = sum(hub_process.cpu_times()[:2]) - cpu_before
             results[name] = r
-            print(f"{name:22s} {r['rps']:9.0f} req/s   p99 {r['p99_ms']:7.2f} ms   non-2xx {r['non2xx']:.0f}")
+            # The hub's CPU per request: steadier than req/s on a noisy machine (0 when it is not involved).
+            per_request = hub_cpu / max(r["rps"] * s, 1) * 1e6
+            print(f"{name:22s} {r['rps']:9.0f} req/s   p99 {r['p99_ms']:7.2f} ms   non-2xx {r['non2xx']:.0f}"
+                  f"   hub CPU {per_request:5.1f} us/req")
         nginx_rps = results["nginx proxy_pass"]["rps"]
         print(f"ratio hub/nginx: /server/ {results['cocalc-hub /server/']['rps'] / nginx_rps:.2f}, "
               f"/port/ {results['cocalc-hub /port/']['rps'] / nginx_rps:.2f}")
+        if args.only == "small":
+            return
         print("# 64 KiB responses (wrk -t1 -c10)")
         k64 = {}
         for name, url, ck in (("nginx proxy_pass", f"{via_nginx}/files/64k.bin", None),
