@@ -1,6 +1,7 @@
 """The project proxy against nginx ``proxy_pass``, measured in one run on loopback.
 
     .venv/bin/python benchmarks/bench_proxy.py [--seconds 8] [--connections 50] [--only small]
+        [--profile FILE]
 
 Needs Debian's ``nginx`` and ``wrk`` (``apt-get install nginx wrk``) and ``curl``. A hub runs
 as a real ``twistd`` process; nginx (1 worker) runs *inside* a project as the backend, so
@@ -8,7 +9,10 @@ the hub's port-ownership check passes; a second nginx (1 worker, upstream keepal
 the reference proxy. Figures: small keep-alive responses (req/s, p99, and the hub's CPU
 time per request, which a noisy machine disturbs less than req/s), 64 KiB and 100 MB
 transfers (throughput), and WebSocket echo (throughput and added round-trip time).
-``--only small`` stops after the small responses.
+``--only small`` stops after the small responses. ``--profile FILE`` runs the hub under
+cProfile (twistd ``--profile``) and, at the end, prints the Python function calls per
+request the hub served (deterministic: a refactor that adds work per request shows there
+whatever the machine's noise) and the top functions by internal time.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import re
 import shutil
 import socket
@@ -77,7 +82,9 @@ def wrk(url: str, seconds: int, connections: int, cookie: str | None = None) -> 
     unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     p99_ms = float(p99.group(1)) * unit[p99.group(2)] if p99 else float("nan")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "mbps": mbps, "p99_ms": p99_ms, "non2xx": float(errors.group(1)) if errors else 0.0}
+    done = re.search(r"(\d+) requests in", out)
+    return {"requests": float(done.group(1)) if done else 0.0, "rps": rps, "mbps": mbps, "p99_ms": p99_ms,
+            "non2xx": float(errors.group(1)) if errors else 0.0}
 
 
 def curl_speed(url: str, cookie: str | None, runs: int = 3) -> float:
@@ -151,13 +158,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--only", choices=["small"], help="only the small keep-alive responses")
+    parser.add_argument("--profile", type=Path, help="cProfile the hub into this file; print calls per request")
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "curl"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed: apt-get install -y nginx wrk curl")
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     hub_port, backend_port, nginx_proxy_port, ws_port = free_port(), free_port(), free_port(), free_port()
-    hub = subprocess.Popen([TWISTD, "--nodaemon", "--pidfile=", "cocalc-hub", "--data", str(tmp / "data"),
+    profile = ["--profile", str(args.profile), "--profiler", "cprofile", "--savestats"] if args.profile else []
+    served = 0  # requests the hub answered (wrk's counts), for calls per request
+    hub = subprocess.Popen([TWISTD, "--nodaemon", "--pidfile=", *profile, "cocalc-hub", "--data", str(tmp / "data"),
                             "--port", f"tcp:{hub_port}:interface=127.0.0.1", "--log-level", "warn",
                             # a benchmark run as root (CI) means its single-user projects to run as root
                             *(["--allow-root-projects"] if os.geteuid() == 0 else [])],
@@ -207,7 +217,7 @@ http {{ access_log off;
         direct = f"http://127.0.0.1:{backend_port}"
         via_nginx = f"http://127.0.0.1:{nginx_proxy_port}"
         s, c = args.seconds, args.connections
-        wrk(f"{server}/hello", 2, c, cookie)  # warm up
+        served += int(wrk(f"{server}/hello", 2, c, cookie)["requests"])  # warm up
         print(f"# small keep-alive responses (wrk -t1 -c{c} -d{s}s)")
         results = {}
         port_url = f"http://127.0.0.1:{hub_port}/{pid}/port/{backend_port}/x"
@@ -219,6 +229,7 @@ http {{ access_log off;
             r = wrk(url, s, c, ck)
             hub_cpu = sum(hub_process.cpu_times()[:2]) - cpu_before
             results[name] = r
+            served += int(r["requests"]) if name.startswith("cocalc-hub") else 0
             # The hub's CPU per request: steadier than req/s on a noisy machine (0 when it is not involved).
             per_request = hub_cpu / max(r["rps"] * s, 1) * 1e6
             print(f"{name:22s} {r['rps']:9.0f} req/s   p99 {r['p99_ms']:7.2f} ms   non-2xx {r['non2xx']:.0f}"
@@ -233,6 +244,7 @@ http {{ access_log off;
         for name, url, ck in (("nginx proxy_pass", f"{via_nginx}/files/64k.bin", None),
                               ("cocalc-hub /server/", f"{server}/files/64k.bin", cookie)):
             r = wrk(url, s, 10, ck)
+            served += int(r["requests"]) if name.startswith("cocalc-hub") else 0
             k64[name] = r["mbps"]
             print(f"{name:22s} {r['mbps']:9.1f} MiB/s   {r['rps']:7.0f} req/s   p99 {r['p99_ms']:.2f} ms")
         print(f"ratio: {k64['cocalc-hub /server/'] / k64['nginx proxy_pass']:.2f}")
@@ -255,6 +267,12 @@ http {{ access_log off;
             ref.terminate()
         hub.terminate()
         hub.wait(timeout=30)
+        if args.profile is not None and args.profile.exists() and served:
+            stats = pstats.Stats(str(args.profile))
+            calls = stats.total_calls  # type: ignore[attr-defined]
+            print(f"# cProfile of the hub: {calls / served:.0f} function calls per request "
+                  f"({calls} calls, {served} requests by wrk, start-up and the rest included)")
+            stats.sort_stats("tottime").print_stats(20)
         subprocess.run(["pkill", "-f", f"nginx.*{tmp}"], check=False)
         subprocess.run(["pkill", "-f", f"{WS_ECHO} {ws_port}"], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
