@@ -11,7 +11,10 @@ deliveries except those to the pattern ``>``.
 Chunks of one multi-chunk message go to the same member of a queue group (upstream picks
 a member per chunk, which splits and loses such messages).
 
-(Just past the ~600-line guide; moving the hub-side hooks out of conat is issue 15.)
+(Just past the ~600-line guide, on purpose: the per-connection pipeline (sign-in, publish,
+subscribe, wait-for-interest, revocation) reads as one unit; the hub-side hooks are already
+out (cocalc_hub/bus/). Routing across nodes (issue 18) is where it splits: local delivery
+apart from the routing table.)
 """
 
 from __future__ import annotations
