@@ -15,9 +15,10 @@ from typing import Any
 from twisted.internet import protocol, reactor
 from twisted.trial import unittest
 
-from cocalc_hub.conat.transport.flush import flush, socket_transport
+from cocalc_hub.conat.transport.flush import flush
 from cocalc_hub.conat.transport.frames import masked_frame
 from cocalc_hub.conat.transport.socket import Ack, NamespaceSocket
+from cocalc_hub.internals.twisted import tcp_connection
 from tests.conat.support import Recorder, open_session, serve_engine, ws_connect
 from tests.support import until
 
@@ -46,7 +47,7 @@ class TwistedBufferingTests(unittest.TestCase):
         await until(lambda: bool(accepted), what="the connection to be accepted")
         server = accepted[0]
         self.addCleanup(server.loseConnection)
-        self.assertIs(socket_transport(server), server)
+        self.assertIs(tcp_connection(server), server)
         server.write(b"hello")
         client.setblocking(False)
         with self.assertRaises(BlockingIOError):  # Twisted has only buffered it
@@ -60,8 +61,8 @@ class TwistedBufferingTests(unittest.TestCase):
             def __init__(self, transport: object) -> None:
                 self.transport = transport
 
-        self.assertIsNone(socket_transport(Wrapper(Wrapper(None))))
-        self.assertIsNone(socket_transport(object()))
+        self.assertIsNone(tcp_connection(Wrapper(Wrapper(None))))
+        self.assertIsNone(tcp_connection(object()))
         flush(Wrapper(object()))  # nothing to flush: no error
 
 
@@ -120,7 +121,7 @@ class HubFlushTests(unittest.TestCase):
         ws.send_text("430[]")  # the info ack
         assert hub.hub.conat is not None
         [proto] = hub.hub.conat.engine.connections
-        self.assertIsNotNone(socket_transport(proto.transport))
+        self.assertIsNotNone(tcp_connection(proto.transport))
         proto.dataReceived(masked_frame(0x1, b'427["subscriptions",null]'))
         data = peek(ws.transport)
         self.assertIsNotNone(data, "the ack is still in Twisted's buffer")

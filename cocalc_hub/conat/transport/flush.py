@@ -19,9 +19,6 @@ tests/conat/test_flush.py and tests/internals/test_twisted.py fail if it stops b
 
 from __future__ import annotations
 
-from cocalc_hub.internals.twisted import flush, tcp_connection
+from cocalc_hub.internals.twisted import flush
 
-socket_transport = tcp_connection
-"""The TCP connection under a transport (itself, or a few ``.transport`` links down)."""
-
-__all__ = ["flush", "socket_transport"]
+__all__ = ["flush"]
